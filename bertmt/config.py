@@ -1,0 +1,240 @@
+"""Experiment configuration: a tree of dataclasses, loaded from YAML with dotted overrides.
+
+This is the only module that parses configuration. Every field has a comment, checks live in
+``__post_init__``, and an unknown key or a bad value raises :class:`ConfigError` naming the dotted key and
+what was expected, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/quickstart"  # run directory: config, logs, events, checkpoints, predictions
+    seed: int = 1234  # seeds data order, dropout and head initialisation
+    log_every: int = 20  # optimiser steps between scalar logs
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: only at epoch ends)
+
+    def __post_init__(self) -> None:
+        _check(self.log_every >= 1, "run.log_every", "an integer >= 1", self.log_every)
+        _check(self.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
+    attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: sdpa (measured faster, bench/)
+    pooling: Literal["mean", "cls", "pooler"] = "mean"  # sentence vector fed to each head
+    head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
+    dropout: float = 0.1  # dropout before every head layer
+    pair_encoding: Literal["cross"] = "cross"  # sentence pairs as one "[CLS] a [SEP] b [SEP]" sequence
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a float in [0, 1)", self.dropout)
+        _check(all(w > 0 for w in self.head_hidden), "model.head_hidden", "positive widths", self.head_hidden)
+
+
+@dataclass
+class TaskConfig:
+    train: str | None = None  # training file (relative to data.dir unless absolute); None: not trained
+    dev: str | None = None  # dev file, evaluated after every epoch
+    test: str | None = None  # test file (no labels), used by `bertmt predict --split test`
+    batch_size: int = 32  # training micro-batch size of this task, per rank
+    weight: float = 1.0  # multiplier on this task's loss
+
+
+@dataclass
+class DataConfig:
+    dir: str = field(default_factory=lambda: os.environ.get("BERTMT_DATA_DIR", "data"))  # task files root
+    max_length: int = 128  # tokens per sequence (pairs truncated longest-first)
+    bucket_pool: int = 50  # length bucketing: sort inside pools of bucket_pool * batch_size examples
+    strict: bool = False  # raise on the first malformed record instead of reporting and skipping it
+    cache_dir: str | None = None  # tokenised-data cache (default: <run.dir>/../.cache/bertmt)
+    eval_batch_size: int = 128  # batch size for evaluation and prediction
+
+    def __post_init__(self) -> None:
+        _check(8 <= self.max_length <= 512, "data.max_length", "an integer in [8, 512]", self.max_length)
+        _check(self.bucket_pool >= 1, "data.bucket_pool", "an integer >= 1", self.bucket_pool)
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # decoupled weight decay (not on biases and LayerNorm)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clipping (0: off)
+    warmup_ratio: float = 0.1  # fraction of all optimiser steps with linear warm-up
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", "a positive float", self.lr)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               "two floats in [0, 1)", self.betas)
+        _check(self.grad_clip >= 0, "optim.grad_clip", "a float >= 0", self.grad_clip)
+        _check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a float in [0, 1)", self.warmup_ratio)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # passes of the task schedule
+    batches_per_epoch: int | None = None  # micro-batches per epoch over all tasks (None: sum of task sizes)
+    task_schedule: Literal["round_robin"] = "round_robin"  # which task each micro-batch comes from
+    grad_accum: int = 1  # micro-batches per optimiser step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU; fp32 is the CPU default
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage
+    loss_scale_window: int = 1000  # fp16 dynamic loss scaling window
+    initial_scale_power: int = 16  # fp16 initial loss scale 2**power
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        _check(self.batches_per_epoch is None or self.batches_per_epoch >= 1, "train.batches_per_epoch",
+               "null or an integer >= 1", self.batches_per_epoch)
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # task name (see bertmt.data.tasks) -> files
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from bertmt.data.tasks import TASKS
+
+        for name in self.tasks:
+            _check(name in TASKS, f"tasks.{name}", f"a task name, one of {sorted(TASKS)}", name)
+        _check(bool(self.tasks), "tasks", "at least one task", self.tasks)
+        _check(any(t.train for t in self.tasks.values()), "tasks", "at least one task with a train file",
+               {k: v.train for k, v in self.tasks.items()})
+        _check(any(t.dev for t in self.tasks.values()), "tasks", "at least one task with a dev file (it picks "
+               "the best checkpoint)", {k: v.dev for k, v in self.tasks.items()})
+
+    def task_path(self, task: str, split: str) -> Path | None:
+        """The file of a task's split, resolved against data.dir (None if the split is not configured)."""
+        name = getattr(self.tasks[task], split)
+        if name is None:
+            return None
+        path = Path(os.path.expandvars(os.path.expanduser(name)))
+        return path if path.is_absolute() else Path(self.data.dir) / path
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, raising ConfigError with the dotted key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, key)
+    if origin is Literal:
+        _check(value in args, key, f"one of {list(args)}", value)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, key)
+    if origin is list:
+        _check(isinstance(value, list), key, "a list", value)
+        return [_build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _check(isinstance(value, dict), key, "a mapping", value)
+        return {k: _build(args[1], v if v is not None else {}, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        _check(isinstance(value, bool), key, "true or false", value)
+    elif tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+    elif tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        value = float(value)
+    elif tp is str:
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), key, "a string", value)
+        value = str(value)
+    return value
+
+
+def _build_dataclass(cls: type, value: Any, key: str) -> Any:
+    _check(isinstance(value, dict), key or "<top>", "a mapping", value)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, v in value.items():
+        sub = f"{key}.{name}" if key else name
+        _check(name in names, sub, f"a known key; valid keys here: {names}", name)
+        kwargs[name] = _build(hints[name], v, sub)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key '{key or '<top>'}': {exc}") from exc
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        _check(isinstance(child, dict), dotted, f"'{part}' to be a section", child)
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config tree."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=2e-5")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None
+                ) -> ExperimentConfig:
+    """Load a YAML file (or a raw tree), apply dotted overrides, and validate everything."""
+    if tree is None:
+        tree = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            with open(path) as fp:
+                tree = yaml.safe_load(fp) or {}
+    apply_overrides(tree, list(overrides))
+    return _build_dataclass(ExperimentConfig, tree, "")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    with open(path, "w") as fp:
+        yaml.safe_dump(to_dict(cfg), fp, sort_keys=False)

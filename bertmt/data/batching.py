@@ -1,0 +1,149 @@
+"""Tokenisation (once per dataset, cached on disk), length bucketing and dynamic padding."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from bertmt.data.readers import TaskData
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass
+class Encoded:
+    """A tokenised dataset: variable-length rows kept flat with offsets (cheap to cache and slice)."""
+
+    ids: list[str]
+    input_ids: np.ndarray  # (total_tokens,) int32, all rows concatenated
+    token_types: np.ndarray  # (total_tokens,) int8
+    offsets: np.ndarray  # (N + 1,) int64, row i is [offsets[i], offsets[i+1])
+    labels: np.ndarray | None  # (N,) float32 or None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
+    stat = os.stat(data.path)
+    h = hashlib.sha256()
+    for part in (CACHE_VERSION, os.path.abspath(data.path), stat.st_size, stat.st_mtime_ns, max_length,
+                 len(data), tokenizer.to_str()):
+        h.update(str(part).encode())
+    return h.hexdigest()[:24]
+
+
+def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str | Path | None) -> Encoded:
+    """Tokenise every record of ``data`` (pairs as one sequence), reusing an on-disk cache when present."""
+    path = Path(cache_dir) / f"{data.task}-{_cache_key(data, tokenizer, max_length)}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        cached = torch.load(path, weights_only=False)
+        return Encoded(**cached)
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+    inputs = [t if len(t) == 2 else t[0] for t in data.texts]
+    encodings = tokenizer.encode_batch(inputs)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    enc = Encoded(
+        ids=list(data.ids),
+        input_ids=np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=offsets[-1]),
+        token_types=np.fromiter((i for e in encodings for i in e.type_ids), dtype=np.int8, count=offsets[-1]),
+        offsets=offsets,
+        labels=None if data.labels is None else np.asarray(data.labels, dtype=np.float32),
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(enc.__dict__, tmp)
+        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written cache
+    log.info("%s: tokenised %d records from %s (mean %.1f tokens, max %d)", data.task, len(enc), data.path,
+             lengths.mean(), lengths.max())
+    return enc
+
+
+def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Pad the given rows to their longest member (dynamic padding)."""
+    lengths = enc.lengths[rows]
+    width = int(lengths.max())
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, L), 0 = [PAD]
+    token_types = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, (row, n) in enumerate(zip(rows, lengths)):
+        start = enc.offsets[row]
+        input_ids[j, :n] = torch.from_numpy(enc.input_ids[start:start + n].astype(np.int64))
+        token_types[j, :n] = torch.from_numpy(enc.token_types[start:start + n].astype(np.int64))
+        mask[j, :n] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types,
+             "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64))}
+    if enc.labels is not None:
+        batch["labels"] = torch.from_numpy(enc.labels[rows])
+    return batch
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, pool: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length inside pools of ``pool * batch_size`` rows, cut batches, shuffle the batches.
+
+    ``pool=1`` is plain dynamic padding of randomly drawn batches (sorting inside one batch pads nothing less).
+    """
+    order = rng.permutation(len(lengths))
+    batches = []
+    step = pool * batch_size
+    for start in range(0, len(order), step):
+        chunk = order[start:start + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic evaluation batches of similar lengths (sorted), covering every row once."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
+    """Tokens actually processed (batch size x longest row) by a list of batches."""
+    return int(sum(len(b) * lengths[b].max() for b in batches))
+
+
+class TaskSampler:
+    """Training batches of one task: bucketed passes over the data, sliced for this rank.
+
+    Batch number ``k`` of the whole run is fully determined by (seed, k): pass ``k // n`` is shuffled with its
+    own generator. The sampler's only state is how many batches were drawn, so resume is exact.
+    """
+
+    def __init__(self, enc: Encoded, batch_size: int, pool: int, seed: int, rank: int = 0, world: int = 1):
+        self.enc, self.seed, self.rank, self.world = enc, seed, rank, world
+        self.batch_size, self.pool = batch_size, pool
+        self.drawn = 0
+        self._pass, self._batches = -1, []
+
+    def __len__(self) -> int:
+        """Batches in one pass over the data."""
+        return -(-len(self.enc) // (self.batch_size * self.world))
+
+    def _pass_batches(self, index: int) -> list[np.ndarray]:
+        if index != self._pass:
+            rng = np.random.default_rng([self.seed, index])
+            self._batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
+            self._pass = index
+        return self._batches
+
+    def next(self) -> dict[str, torch.Tensor]:
+        batches = self._pass_batches(self.drawn // len(self))
+        rows = np.array_split(batches[self.drawn % len(self)], self.world)[self.rank]
+        self.drawn += 1
+        return collate(self.enc, rows)

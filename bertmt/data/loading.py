@@ -1,0 +1,28 @@
+"""Read and tokenise the configured file of one task split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from bertmt.config import ExperimentConfig
+from bertmt.data.batching import Encoded, encode
+from bertmt.data.readers import read_task_file
+from bertmt.data.tasks import get_task
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path:
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertmt"
+
+
+def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenizer) -> Encoded | None:
+    """The tokenised records of ``task``'s ``split`` file, or None when the config names no such file."""
+    path = cfg.task_path(task, split)
+    if path is None:
+        return None
+    data = read_task_file(path, get_task(task), labelled=split != "test", strict=cfg.data.strict)
+    return encode(data, tokenizer, cfg.data.max_length, cache_dir(cfg))

@@ -1,0 +1,127 @@
+"""Readers for the CS224N tab-separated task files, with record validation.
+
+Columns are found by name in the header (the test files' odd headers with two index columns included). A
+malformed record is reported with file, line and reason, counted and skipped; ``strict=True`` raises instead.
+A missing file or column raises :class:`DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertmt.data.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+csv.field_size_limit(sys.maxsize)
+
+
+class DataError(ValueError):
+    """A task file is missing, lacks a column, or (in strict mode) holds a malformed record."""
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    path: str
+    line: int  # 1-based line where the record starts
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class TaskData:
+    """The valid records of one task file."""
+
+    task: str
+    path: str
+    ids: list[str] = field(default_factory=list)
+    texts: list[tuple[str, ...]] = field(default_factory=list)
+    labels: list[float] | None = None  # None for unlabelled (test) files
+    skipped: list[BadRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _parse_label(raw: str | None, spec: TaskSpec) -> float:
+    """Return the label as a number or raise ValueError with the reason."""
+    if raw is None or not raw.strip():
+        raise ValueError(f"empty label in column '{spec.label_column}'")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"label {raw!r} in column '{spec.label_column}' is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"label {raw!r} is not finite")
+    if spec.kind == "classification":
+        if value != int(value) or not 0 <= value < spec.num_labels:
+            raise ValueError(f"label {raw!r} is not a class in 0..{spec.num_labels - 1}")
+        return int(value)
+    lo, hi = spec.label_range or (-math.inf, math.inf)
+    if not lo <= value <= hi:
+        raise ValueError(f"label {raw!r} outside [{lo}, {hi}]")
+    return value
+
+
+def _check_record(row: dict, spec: TaskSpec, labelled: bool, seen: set[str]) -> tuple[str, tuple, float | None]:
+    if None in row:
+        raise ValueError(f"{len(row[None])} more fields than the header has columns")
+    missing = [c for c in ("id", *spec.text_columns) if row.get(c) is None]
+    if missing:
+        raise ValueError(f"too few fields: no value for {missing}")
+    rid = row["id"].strip()
+    if not rid:
+        raise ValueError("empty id")
+    if rid in seen:
+        raise ValueError(f"duplicate id {rid!r}")
+    texts = tuple(row[c].strip() for c in spec.text_columns)
+    empty = [c for c, t in zip(spec.text_columns, texts) if not t]
+    if empty:
+        raise ValueError(f"empty text in column(s) {empty}")
+    label = _parse_label(row.get(spec.label_column), spec) if labelled else None
+    return rid, texts, label
+
+
+def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, strict: bool = False) -> TaskData:
+    """Read one CS224N file of ``spec``; ``labelled=False`` for test files without labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{spec.name}: data file {path} does not exist")
+    data = TaskData(task=spec.name, path=str(path), labels=[] if labelled else None)
+    seen: set[str] = set()
+    with open(path, newline="", encoding="utf-8") as fp:
+        reader = csv.DictReader(fp, delimiter="\t")
+        header = reader.fieldnames or []
+        needed = ["id", *spec.text_columns] + ([spec.label_column] if labelled else [])
+        absent = [c for c in needed if c not in header]
+        if absent:
+            raise DataError(f"{path}: missing column(s) {absent} for task {spec.name}; header has {header}")
+        start = reader.line_num + 1
+        for row in reader:
+            try:
+                rid, texts, label = _check_record(row, spec, labelled, seen)
+            except ValueError as exc:
+                bad = BadRecord(str(path), start, str(exc))
+                if strict:
+                    raise DataError(f"malformed record at {bad} (data.strict=true)") from None
+                log.warning("skipping malformed record %s", bad)
+                data.skipped.append(bad)
+            else:
+                seen.add(rid)
+                data.ids.append(rid)
+                data.texts.append(texts)
+                if labelled:
+                    data.labels.append(label)
+            start = reader.line_num + 1
+    if data.skipped:
+        log.warning("%s: skipped %d malformed record(s) of %d", path, len(data.skipped),
+                    len(data.skipped) + len(data))
+    if not len(data):
+        raise DataError(f"{path}: no valid records for task {spec.name}")
+    return data

@@ -1,0 +1,1 @@
+"""Training on the DeepSpeed engine: config generation, the trainer, checkpoints."""

@@ -1,0 +1,28 @@
+"""The one place that turns the experiment dataclasses into a DeepSpeed config dict."""
+
+from __future__ import annotations
+
+from bertmt.config import ExperimentConfig
+
+
+def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
+    """DeepSpeed config for ``cfg``. The micro-batch size is nominal: each task has its own batch size, and
+    DeepSpeed only uses it for throughput accounting."""
+    train = cfg.train
+    micro = max(t.batch_size for t in cfg.tasks.values())
+    ds: dict = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": micro * train.grad_accum * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,  # always written: DeepSpeed defaults an absent key to 1.0
+        "zero_optimization": {"stage": train.zero_stage},
+        "steps_per_print": 10**9,  # bertmt logs itself
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,  # client torch.optim.AdamW (nothing compiled)
+    }
+    if train.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": train.initial_scale_power,
+                      "loss_scale_window": train.loss_scale_window, "hysteresis": 2, "min_loss_scale": 1}
+    elif train.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    return ds

@@ -1,0 +1,84 @@
+"""Process-level set-up: distributed initialisation, logging, run-directory metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import bertmt
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); returns (rank, world).
+
+    A single process gets RANK/WORLD_SIZE/MASTER_* defaults so that DeepSpeed does not look for MPI.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def setup_logging(run_dir: Path | None, rank: int, level: int = logging.INFO) -> None:
+    """One logger set-up: rank 0 logs INFO to stderr and <run_dir>/train.log, other ranks warnings only."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None and rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def git_commit() -> str:
+    """Commit of the bertmt source tree (with '-dirty' for local changes), or 'unknown'."""
+    src = Path(bertmt.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_run_info(run_dir: Path, world: int) -> None:
+    import deepspeed
+
+    info = {"git_commit": git_commit(), "bertmt": bertmt.__version__, "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__, "world_size": world, "argv": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname()}
+    with open(run_dir / "run_info.json", "w") as fp:
+        json.dump(info, fp, indent=2)

