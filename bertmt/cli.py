@@ -30,6 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from bertmt.data.loading import check_files
+
+    check_files(cfg)
     from bertmt.engine.trainer import Trainer
 
     start = time.time()

@@ -106,6 +106,9 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
         _check(self.batches_per_epoch is None or self.batches_per_epoch >= 1, "train.batches_per_epoch",
                "null or an integer >= 1", self.batches_per_epoch)
+        # DeepSpeed 0.19.8 applies no loss scale in backward at stage 0 with fp16 (upstream PR #8393)
+        _check(self.precision != "fp16" or self.zero_stage > 0, "train.zero_stage", "1, 2 or 3 with fp16 "
+               "(stage 0 + fp16 has a loss-scaling bug in DeepSpeed 0.19)", self.zero_stage)
 
 
 @dataclass
@@ -169,6 +172,7 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     elif tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
     elif tp is float:
+        value = _yaml_float(value)  # YAML 1.1 reads "2e-5" (no dot) as a string
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
         value = float(value)
     elif tp is str:
@@ -192,6 +196,15 @@ def _build_dataclass(cls: type, value: Any, key: str) -> Any:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key '{key or '<top>'}': {exc}") from exc
+
+
+def _yaml_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

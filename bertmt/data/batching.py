@@ -47,11 +47,11 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
 
 def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str | Path | None) -> Encoded:
     """Tokenise every record of ``data`` (pairs as one sequence), reusing an on-disk cache when present."""
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # before the key: part of it
     path = Path(cache_dir) / f"{data.task}-{_cache_key(data, tokenizer, max_length)}.pt" if cache_dir else None
     if path is not None and path.is_file():
         cached = torch.load(path, weights_only=False)
         return Encoded(**cached)
-    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
     inputs = [t if len(t) == 2 else t[0] for t in data.texts]
     encodings = tokenizer.encode_batch(inputs)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig
 from bertmt.data.batching import Encoded, encode
-from bertmt.data.readers import read_task_file
+from bertmt.data.readers import DataError, read_task_file
 from bertmt.data.tasks import get_task
 
 
@@ -26,3 +26,11 @@ def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenize
         return None
     data = read_task_file(path, get_task(task), labelled=split != "test", strict=cfg.data.strict)
     return encode(data, tokenizer, cfg.data.max_length, cache_dir(cfg))
+
+
+def check_files(cfg: ExperimentConfig) -> None:
+    """Fail before any work when a configured task file is missing, naming every missing one."""
+    missing = [f"tasks.{task}.{split}: {path}" for task in cfg.tasks for split in ("train", "dev", "test")
+               if (path := cfg.task_path(task, split)) is not None and not path.is_file()]
+    if missing:
+        raise DataError("data file(s) do not exist (data.dir is {}):\n  {}".format(cfg.data.dir, "\n  ".join(missing)))

@@ -1,0 +1,31 @@
+"""Running the real `bertmt` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+def cli_env() -> dict:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def bertmt(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bertmt.cli", *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bertmt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def bertmt_popen(*args: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bertmt.cli", *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO)

@@ -1,0 +1,79 @@
+"""Tokenisation cache, dynamic padding, length bucketing and the resumable task sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bertmt.data.batching import TaskSampler, bucketed_batches, collate, encode, eval_batches, padded_tokens
+from bertmt.data.readers import read_task_file
+from bertmt.data.tasks import TASKS
+from bertmt.model import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def sts(data_dir, tmp_path_factory):
+    data = read_task_file(data_dir / "sts-train.csv", TASKS["sts"])
+    return encode(data, load_tokenizer("minilm"), 64, tmp_path_factory.mktemp("cache"))
+
+
+def test_encoding_matches_the_tokenizer_and_is_cached(sts, data_dir, tmp_path):
+    tok = load_tokenizer("minilm")
+    data = read_task_file(data_dir / "sts-train.csv", TASKS["sts"])
+    first = encode(data, tok, 64, tmp_path)
+    (cached,) = list(tmp_path.glob("sts-*.pt"))
+    mtime = cached.stat().st_mtime_ns
+    again = encode(data, tok, 64, tmp_path)
+    assert cached.stat().st_mtime_ns == mtime  # read back, not rewritten
+    want = tok.encode(*data.texts[5])
+    row = slice(again.offsets[5], again.offsets[6])
+    assert list(again.input_ids[row]) == want.ids and list(again.token_types[row]) == want.type_ids
+    assert np.array_equal(first.input_ids, again.input_ids) and again.lengths.max() <= 64
+    encode(data, tok, 32, tmp_path)
+    assert len(list(tmp_path.glob("sts-*.pt"))) == 2  # another max_length is another cache entry
+
+
+def test_collate_pads_to_the_longest_row(sts):
+    rows = np.array([3, 10, 7])
+    batch = collate(sts, rows)
+    lengths = sts.lengths[rows]
+    assert batch["input_ids"].shape == (3, lengths.max())
+    assert batch["attention_mask"].sum(1).tolist() == lengths.tolist()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+    assert torch.equal(batch["labels"], torch.from_numpy(sts.labels[rows]))
+
+
+def test_bucketing_covers_every_row_once_and_pads_less(sts):
+    rng = np.random.default_rng(0)
+    bucketed = bucketed_batches(sts.lengths, 32, 50, rng)
+    plain = bucketed_batches(sts.lengths, 32, 1, np.random.default_rng(0))
+    for batches in (bucketed, plain):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(sts)))
+    real = int(sts.lengths.sum())
+    assert padded_tokens(sts.lengths, bucketed) < 1.05 * real < padded_tokens(sts.lengths, plain)
+
+
+def test_eval_batches_are_deterministic_and_complete(sts):
+    a, b = eval_batches(sts.lengths, 100), eval_batches(sts.lengths, 100)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert sorted(np.concatenate(a).tolist()) == list(range(len(sts)))
+
+
+def test_sampler_resumes_from_its_draw_count(sts):
+    full = TaskSampler(sts, 16, 50, seed=3)
+    seen = [full.next()["rows"] for _ in range(len(full) + 5)]  # crosses into the second pass
+    resumed = TaskSampler(sts, 16, 50, seed=3)
+    resumed.drawn = len(full) + 2
+    assert torch.equal(resumed.next()["rows"], seen[len(full) + 2])
+    first_pass = torch.cat(seen[:len(full)])
+    assert sorted(first_pass.tolist()) == list(range(len(sts)))
+    assert not torch.equal(torch.cat(seen[len(full):]), first_pass[:5 * 16])  # each pass is reshuffled
+
+
+def test_sampler_shards_one_global_batch_across_ranks(sts):
+    single = TaskSampler(sts, 8, 50, seed=1, rank=0, world=1)
+    ranks = [TaskSampler(sts, 4, 50, seed=1, rank=r, world=2) for r in range(2)]
+    for _ in range(3):
+        rows = single.next()["rows"]
+        assert torch.equal(torch.cat([s.next()["rows"] for s in ranks]), rows)
