@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -41,9 +40,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         with logging_redirect_tqdm():
             metrics = trainer.fit()
         if trainer.is_main:
-            print(_summary(f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})", metrics, {
-                "run directory": cfg.run.dir, "wall time": f"{time.time() - start:.0f} s",
-                "optimiser steps": trainer.state.step}))
+            print(
+                _summary(
+                    f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})",
+                    metrics,
+                    {
+                        "run directory": cfg.run.dir,
+                        "wall time": f"{time.time() - start:.0f} s",
+                        "optimiser steps": trainer.state.step,
+                    },
+                )
+            )
     finally:
         trainer.close()
     if trainer.is_main:
@@ -81,7 +88,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertmt", description="Multitask BERT training on DeepSpeed")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train from a YAML config (resumes if the run directory has a checkpoint)")
+    p = sub.add_parser(
+        "train", help="train from a YAML config (resumes if the run directory has a checkpoint)"
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=2e-5 train.epochs=2")
     p.set_defaults(func=cmd_train)

@@ -36,7 +36,9 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    pretrained: str = "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
+    pretrained: str = (
+        "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
+    )
     attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: sdpa (measured faster, bench/)
     pooling: Literal["mean", "cls", "pooler"] = "mean"  # sentence vector fed to each head
     head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
@@ -84,8 +86,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", "a positive float", self.lr)
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
-               "two floats in [0, 1)", self.betas)
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            "two floats in [0, 1)",
+            self.betas,
+        )
         _check(self.grad_clip >= 0, "optim.grad_clip", "a float >= 0", self.grad_clip)
         _check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a float in [0, 1)", self.warmup_ratio)
 
@@ -104,11 +110,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
-        _check(self.batches_per_epoch is None or self.batches_per_epoch >= 1, "train.batches_per_epoch",
-               "null or an integer >= 1", self.batches_per_epoch)
+        _check(
+            self.batches_per_epoch is None or self.batches_per_epoch >= 1,
+            "train.batches_per_epoch",
+            "null or an integer >= 1",
+            self.batches_per_epoch,
+        )
         # DeepSpeed 0.19.8 applies no loss scale in backward at stage 0 with fp16 (upstream PR #8393)
-        _check(self.precision != "fp16" or self.zero_stage > 0, "train.zero_stage", "1, 2 or 3 with fp16 "
-               "(stage 0 + fp16 has a loss-scaling bug in DeepSpeed 0.19)", self.zero_stage)
+        _check(
+            self.precision != "fp16" or self.zero_stage > 0,
+            "train.zero_stage",
+            "1, 2 or 3 with fp16 (stage 0 + fp16 has a loss-scaling bug in DeepSpeed 0.19)",
+            self.zero_stage,
+        )
 
 
 @dataclass
@@ -126,10 +140,18 @@ class ExperimentConfig:
         for name in self.tasks:
             _check(name in TASKS, f"tasks.{name}", f"a task name, one of {sorted(TASKS)}", name)
         _check(bool(self.tasks), "tasks", "at least one task", self.tasks)
-        _check(any(t.train for t in self.tasks.values()), "tasks", "at least one task with a train file",
-               {k: v.train for k, v in self.tasks.items()})
-        _check(any(t.dev for t in self.tasks.values()), "tasks", "at least one task with a dev file (it picks "
-               "the best checkpoint)", {k: v.dev for k, v in self.tasks.items()})
+        _check(
+            any(t.train for t in self.tasks.values()),
+            "tasks",
+            "at least one task with a train file",
+            {k: v.train for k, v in self.tasks.items()},
+        )
+        _check(
+            any(t.dev for t in self.tasks.values()),
+            "tasks",
+            "at least one task with a dev file (it picks the best checkpoint)",
+            {k: v.dev for k, v in self.tasks.items()},
+        )
 
     def task_path(self, task: str, split: str) -> Path | None:
         """The file of a task's split, resolved against data.dir (None if the split is not configured)."""
@@ -229,8 +251,9 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None
-                ) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None
+) -> ExperimentConfig:
     """Load a YAML file (or a raw tree), apply dotted overrides, and validate everything."""
     if tree is None:
         tree = {}

@@ -11,8 +11,15 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cs224n"
 DATA_DIR = Path(os.environ.get("BERTMT_TEST_DATA", SHARED_DATA))
-TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2}
+TINY = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+    "type_vocab_size": 2,
+}
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -56,18 +63,35 @@ def slice_file(src: Path, dst: Path, records: int) -> Path:
 def small_data(data_dir, tmp_path_factory) -> Path:
     """Real SST / Quora / STS records, 160 train and 64 dev per task, 40 / 30 test rows for SST / STS."""
     out = tmp_path_factory.mktemp("cs224n-small")
-    for name, n in [("ids-sst-train.csv", 160), ("ids-sst-dev.csv", 64), ("ids-sst-test-student.csv", 40),
-                    ("quora-small-train.csv", 160), ("quora-small-dev.csv", 64), ("sts-train.csv", 160),
-                    ("sts-dev.csv", 64), ("sts-test-student.csv", 30)]:
+    for name, n in [
+        ("ids-sst-train.csv", 160),
+        ("ids-sst-dev.csv", 64),
+        ("ids-sst-test-student.csv", 40),
+        ("quora-small-train.csv", 160),
+        ("quora-small-dev.csv", 64),
+        ("sts-train.csv", 160),
+        ("sts-dev.csv", 64),
+        ("sts-test-student.csv", 30),
+    ]:
         slice_file(data_dir / name, out / name, n)
     return out
 
 
 def tiny_overrides(pretrained: Path, data: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides turning configs/quickstart.yaml into a seconds-long run on the tiny model."""
-    base = {"model.pretrained": str(pretrained), "data.dir": str(data), "run.dir": str(run_dir),
-            "data.max_length": 48, "train.epochs": 2, "train.batches_per_epoch": 12, "run.log_every": 2,
-            "run.checkpoint_every": 0, "tasks.sst.batch_size": 8, "tasks.quora.batch_size": 8,
-            "tasks.sts.batch_size": 8, "data.cache_dir": str(run_dir.parent / "cache")}
+    base = {
+        "model.pretrained": str(pretrained),
+        "data.dir": str(data),
+        "run.dir": str(run_dir),
+        "data.max_length": 48,
+        "train.epochs": 2,
+        "train.batches_per_epoch": 12,
+        "run.log_every": 2,
+        "run.checkpoint_every": 0,
+        "tasks.sst.batch_size": 8,
+        "tasks.quora.batch_size": 8,
+        "tasks.sts.batch_size": 8,
+        "data.cache_dir": str(run_dir.parent / "cache"),
+    }
     base.update(extra)
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]

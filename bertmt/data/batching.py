@@ -39,8 +39,15 @@ class Encoded:
 def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
     stat = os.stat(data.path)
     h = hashlib.sha256()
-    for part in (CACHE_VERSION, os.path.abspath(data.path), stat.st_size, stat.st_mtime_ns, max_length,
-                 len(data), tokenizer.to_str()):
+    for part in (
+        CACHE_VERSION,
+        os.path.abspath(data.path),
+        stat.st_size,
+        stat.st_mtime_ns,
+        max_length,
+        len(data),
+        tokenizer.to_str(),
+    ):
         h.update(str(part).encode())
     return h.hexdigest()[:24]
 
@@ -48,7 +55,9 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
 def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str | Path | None) -> Encoded:
     """Tokenise every record of ``data`` (pairs as one sequence), reusing an on-disk cache when present."""
     tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # before the key: part of it
-    path = Path(cache_dir) / f"{data.task}-{_cache_key(data, tokenizer, max_length)}.pt" if cache_dir else None
+    path = (
+        Path(cache_dir) / f"{data.task}-{_cache_key(data, tokenizer, max_length)}.pt" if cache_dir else None
+    )
     if path is not None and path.is_file():
         cached = torch.load(path, weights_only=False)
         return Encoded(**cached)
@@ -68,8 +77,14 @@ def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(enc.__dict__, tmp)
         os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written cache
-    log.info("%s: tokenised %d records from %s (mean %.1f tokens, max %d)", data.task, len(enc), data.path,
-             lengths.mean(), lengths.max())
+    log.info(
+        "%s: tokenised %d records from %s (mean %.1f tokens, max %d)",
+        data.task,
+        len(enc),
+        data.path,
+        lengths.mean(),
+        lengths.max(),
+    )
     return enc
 
 
@@ -82,35 +97,41 @@ def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for j, (row, n) in enumerate(zip(rows, lengths)):
         start = enc.offsets[row]
-        input_ids[j, :n] = torch.from_numpy(enc.input_ids[start:start + n].astype(np.int64))
-        token_types[j, :n] = torch.from_numpy(enc.token_types[start:start + n].astype(np.int64))
+        input_ids[j, :n] = torch.from_numpy(enc.input_ids[start : start + n].astype(np.int64))
+        token_types[j, :n] = torch.from_numpy(enc.token_types[start : start + n].astype(np.int64))
         mask[j, :n] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types,
-             "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64))}
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": token_types,
+        "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64)),
+    }
     if enc.labels is not None:
         batch["labels"] = torch.from_numpy(enc.labels[rows])
     return batch
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, pool: int, rng: np.random.Generator) -> list[np.ndarray]:
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, pool: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Shuffle, sort by length inside pools of ``pool * batch_size`` rows, cut batches, shuffle the batches.
 
-    ``pool=1`` is plain dynamic padding of randomly drawn batches (sorting inside one batch pads nothing less).
+    ``pool=1`` is plain dynamic padding of random batches (sorting inside one batch pads nothing less).
     """
     order = rng.permutation(len(lengths))
     batches = []
     step = pool * batch_size
     for start in range(0, len(order), step):
-        chunk = order[start:start + step]
+        chunk = order[start : start + step]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Deterministic evaluation batches of similar lengths (sorted), covering every row once."""
     order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:

@@ -30,7 +30,13 @@ def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenize
 
 def check_files(cfg: ExperimentConfig) -> None:
     """Fail before any work when a configured task file is missing, naming every missing one."""
-    missing = [f"tasks.{task}.{split}: {path}" for task in cfg.tasks for split in ("train", "dev", "test")
-               if (path := cfg.task_path(task, split)) is not None and not path.is_file()]
+    missing = [
+        f"tasks.{task}.{split}: {path}"
+        for task in cfg.tasks
+        for split in ("train", "dev", "test")
+        if (path := cfg.task_path(task, split)) is not None and not path.is_file()
+    ]
     if missing:
-        raise DataError("data file(s) do not exist (data.dir is {}):\n  {}".format(cfg.data.dir, "\n  ".join(missing)))
+        raise DataError(
+            "data file(s) do not exist (data.dir is {}):\n  {}".format(cfg.data.dir, "\n  ".join(missing))
+        )

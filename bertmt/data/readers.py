@@ -69,7 +69,9 @@ def _parse_label(raw: str | None, spec: TaskSpec) -> float:
     return value
 
 
-def _check_record(row: dict, spec: TaskSpec, labelled: bool, seen: set[str]) -> tuple[str, tuple, float | None]:
+def _check_record(
+    row: dict, spec: TaskSpec, labelled: bool, seen: set[str]
+) -> tuple[str, tuple, float | None]:
     if None in row:
         raise ValueError(f"{len(row[None])} more fields than the header has columns")
     missing = [c for c in ("id", *spec.text_columns) if row.get(c) is None]
@@ -120,8 +122,9 @@ def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, stri
                     data.labels.append(label)
             start = reader.line_num + 1
     if data.skipped:
-        log.warning("%s: skipped %d malformed record(s) of %d", path, len(data.skipped),
-                    len(data.skipped) + len(data))
+        log.warning(
+            "%s: skipped %d malformed record(s) of %d", path, len(data.skipped), len(data.skipped) + len(data)
+        )
     if not len(data):
         raise DataError(f"{path}: no valid records for task {spec.name}")
     return data

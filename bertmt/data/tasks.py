@@ -30,7 +30,15 @@ TASKS: dict[str, TaskSpec] = {
     for spec in [
         TaskSpec("sst", "classification", ("sentence",), "sentiment", 5, "accuracy"),
         TaskSpec("quora", "classification", ("sentence1", "sentence2"), "is_duplicate", 2, "accuracy"),
-        TaskSpec("sts", "regression", ("sentence1", "sentence2"), "similarity", 1, "pearson", label_range=(0.0, 5.0)),
+        TaskSpec(
+            "sts",
+            "regression",
+            ("sentence1", "sentence2"),
+            "similarity",
+            1,
+            "pearson",
+            label_range=(0.0, 5.0),
+        ),
         TaskSpec("cfimdb", "classification", ("sentence",), "sentiment", 2, "accuracy"),
     ]
 }

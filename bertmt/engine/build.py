@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def attention_impl(cfg: ExperimentConfig) -> str:
-    """``auto`` resolves to sdpa: faster on GPU, equal within noise on these CPUs (bench/encoder_throughput.py)."""
+    """``auto`` resolves to sdpa: faster on GPU, equal within noise on CPU (bench/encoder_throughput.py)."""
     return "sdpa" if cfg.model.attention == "auto" else cfg.model.attention
 
 
@@ -46,10 +46,17 @@ def load_trained(cfg: ExperimentConfig, run_dir: Path) -> MultitaskModel:
 
     best = run_dir / "best"
     if not (best / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{best / 'model.safetensors'} does not exist: has {run_dir} finished an epoch?")
+        raise FileNotFoundError(
+            f"{best / 'model.safetensors'} does not exist: has {run_dir} finished an epoch?"
+        )
     enc_cfg = BertConfig.from_dict(json.loads((run_dir / "encoder_config.json").read_text()))
     enc_cfg.attention = attention_impl(cfg)
-    model = MultitaskModel(BertModel(enc_cfg), {t: get_task(t).output_size for t in cfg.tasks},
-                           cfg.model.pooling, cfg.model.head_hidden, cfg.model.dropout)
+    model = MultitaskModel(
+        BertModel(enc_cfg),
+        {t: get_task(t).output_size for t in cfg.tasks},
+        cfg.model.pooling,
+        cfg.model.head_hidden,
+        cfg.model.dropout,
+    )
     model.load_state_dict(load_file(str(best / "model.safetensors")))
     return model.eval()

@@ -1,8 +1,8 @@
 """Atomic checkpoints: DeepSpeed engine state plus trainer state, and the best model's weights.
 
-DeepSpeed writes into ``checkpoints/.partial/<tag>``; only when every rank has finished does rank 0 rename it to
-``checkpoints/<tag>`` and then atomically replace ``checkpoints/latest``. A crash at any point leaves the
-previous checkpoint and ``latest`` intact.
+DeepSpeed writes into ``checkpoints/.partial/<tag>``; only when every rank has finished does rank 0 rename
+it to ``checkpoints/<tag>`` and then atomically replace ``checkpoints/latest``. A crash at any point leaves
+the previous checkpoint and ``latest`` intact.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -52,8 +56,10 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
             shutil.rmtree(final)
         os.replace(partial / tag, final)
         _atomic_write_text(ckpt_dir / LATEST, tag)
-        tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-")),
-                      key=lambda p: int(p.name.split("-")[1]))
+        tags = sorted(
+            (p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-")),
+            key=lambda p: int(p.name.split("-")[1]),
+        )
         for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint saved: %s", final)

@@ -21,8 +21,14 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,  # client torch.optim.AdamW (nothing compiled)
     }
     if train.precision == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": train.initial_scale_power,
-                      "loss_scale_window": train.loss_scale_window, "hysteresis": 2, "min_loss_scale": 1}
+        ds["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": train.initial_scale_power,
+            "loss_scale_window": train.loss_scale_window,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        }
     elif train.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     return ds

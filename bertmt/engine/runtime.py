@@ -38,8 +38,9 @@ def init_distributed() -> tuple[int, int]:
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   verbose=False)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False
+        )
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -65,10 +66,19 @@ def git_commit() -> str:
     """Commit of the bertmt source tree (with '-dirty' for local changes), or 'unknown'."""
     src = Path(bertmt.__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -77,8 +87,15 @@ def git_commit() -> str:
 def write_run_info(run_dir: Path, world: int) -> None:
     import deepspeed
 
-    info = {"git_commit": git_commit(), "bertmt": bertmt.__version__, "torch": torch.__version__,
-            "deepspeed": deepspeed.__version__, "world_size": world, "argv": sys.argv,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname()}
+    info = {
+        "git_commit": git_commit(),
+        "bertmt": bertmt.__version__,
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "world_size": world,
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+    }
     with open(run_dir / "run_info.json", "w") as fp:
         json.dump(info, fp, indent=2)

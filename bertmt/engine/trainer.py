@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
@@ -64,8 +63,9 @@ class Trainer:
         self.ds_config = build_deepspeed_config(cfg, self.world)
         import deepspeed
 
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule,
-                                                    config=self.ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=lr_schedule, config=self.ds_config
+        )
         self.state = TrainState(drawn={t: 0 for t in self.samplers})
         self._resume()
         self.writer = MetricWriter(self.run_dir / "tensorboard" if self.is_main else None, self.state.step)
@@ -81,17 +81,27 @@ class Trainer:
         for task in cfg.tasks:
             train = load_split(cfg, task, "train", self.tokenizer)
             if train is not None:
-                self.samplers[task] = TaskSampler(train, cfg.tasks[task].batch_size, cfg.data.bucket_pool,
-                                                  seed=cfg.run.seed + zlib.crc32(task.encode()), rank=self.rank,
-                                                  world=self.world)
+                self.samplers[task] = TaskSampler(
+                    train,
+                    cfg.tasks[task].batch_size,
+                    cfg.data.bucket_pool,
+                    seed=cfg.run.seed + zlib.crc32(task.encode()),
+                    rank=self.rank,
+                    world=self.world,
+                )
             dev = load_split(cfg, task, "dev", self.tokenizer)
             if dev is not None:
                 self.dev[task] = dev
         per_epoch = cfg.train.batches_per_epoch or sum(len(s) for s in self.samplers.values())
         accum = cfg.train.grad_accum
         self.batches_per_epoch = -(-per_epoch // accum) * accum  # whole optimiser steps per epoch
-        log.info("tasks %s; %d micro-batches per epoch, %d epochs, world size %d", list(self.samplers),
-                 self.batches_per_epoch, cfg.train.epochs, self.world)
+        log.info(
+            "tasks %s; %d micro-batches per epoch, %d epochs, world size %d",
+            list(self.samplers),
+            self.batches_per_epoch,
+            cfg.train.epochs,
+            self.world,
+        )
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run_dir / "config.yaml")
@@ -108,13 +118,17 @@ class Trainer:
         ckpt.set_rng_state(client["rng"])
         for task, sampler in self.samplers.items():
             sampler.drawn = self.state.drawn[task]
-        log.info("resuming at epoch %d, micro-batch %d, step %d", self.state.epoch + 1, self.state.index,
-                 self.state.step)
+        log.info(
+            "resuming at epoch %d, micro-batch %d, step %d",
+            self.state.epoch + 1,
+            self.state.index,
+            self.state.step,
+        )
 
     # ----------------------------------------------------------------------------------------- training
 
     def train_step(self, task: str) -> tuple[float, int]:
-        """Forward, backward and (at an accumulation boundary) optimiser step on one micro-batch of ``task``."""
+        """Forward, backward and (at an accumulation boundary) optimiser step on a micro-batch of ``task``."""
         batch = {k: v.to(self.engine.device) for k, v in self.samplers[task].next().items()}
         out = self.engine(task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         loss = task_loss(self.specs[task], out, batch["labels"])
@@ -134,8 +148,14 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
         sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
-        bar = tqdm(total=self.batches_per_epoch, initial=st.index, desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}",
-                   disable=not self.is_main, mininterval=2.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.batches_per_epoch,
+            initial=st.index,
+            desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}",
+            disable=not self.is_main,
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
         while st.index < self.batches_per_epoch:
             task = self.schedule.task_at(st.epoch, st.index)
             loss, n_tokens = self.train_step(task)
@@ -151,8 +171,11 @@ class Trainer:
                 self._log_train(sums, counts, tokens / (time.time() - t0))
                 bar.set_postfix({t: f"{sums[t] / counts[t]:.3f}" for t in counts})
                 sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
-            if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 \
-                    and st.index < self.batches_per_epoch:
+            if (
+                cfg.run.checkpoint_every
+                and st.step % cfg.run.checkpoint_every == 0
+                and st.index < self.batches_per_epoch
+            ):
                 self.save_checkpoint()
         bar.close()
 
@@ -163,8 +186,14 @@ class Trainer:
         if self.cfg.train.precision == "fp16":
             scalars["train/loss_scale"] = self.engine.optimizer.cur_scale
         self.writer.log(scalars, self.state.step)
-        log.info("step %d/%d  %s  lr %.2e  %.0f tok/s", self.state.step, self.total_steps,
-                 "  ".join(f"{t} {sums[t] / counts[t]:.4f}" for t in counts), scalars["train/lr"], tokens_per_s)
+        log.info(
+            "step %d/%d  %s  lr %.2e  %.0f tok/s",
+            self.state.step,
+            self.total_steps,
+            "  ".join(f"{t} {sums[t] / counts[t]:.4f}" for t in counts),
+            scalars["train/lr"],
+            tokens_per_s,
+        )
 
     def _end_epoch(self) -> None:
         st = self.state
@@ -174,16 +203,26 @@ class Trainer:
         if improved:
             st.best_score, st.best_epoch = results["overall"], st.epoch + 1
             self._save_best(results)
-        log.info("epoch %d dev: %s  overall %.4f%s", st.epoch + 1, _fmt(results, self.specs), results["overall"],
-                 " (best)" if improved else "")
+        log.info(
+            "epoch %d dev: %s  overall %.4f%s",
+            st.epoch + 1,
+            _fmt(results, self.specs),
+            results["overall"],
+            " (best)" if improved else "",
+        )
         st.epoch, st.index = st.epoch + 1, 0
         self.save_checkpoint()
 
     def evaluate(self) -> dict:
         """Dev metrics of the current model; logged to TensorBoard."""
-        results, self._dev_preds = evaluate_tasks(self.engine.module, self.specs, self.dev,
-                                                  self.cfg.data.eval_batch_size, self.engine.device,
-                                                  show_progress=self.is_main)
+        results, self._dev_preds = evaluate_tasks(
+            self.engine.module,
+            self.specs,
+            self.dev,
+            self.cfg.data.eval_batch_size,
+            self.engine.device,
+            show_progress=self.is_main,
+        )
         scalars = {f"dev/{t}/{m}": v for t in self.dev for m, v in results[t].items()}
         self.writer.log({**scalars, "dev/overall": results["overall"]}, self.state.step)
         return results
@@ -191,11 +230,18 @@ class Trainer:
     def _save_best(self, results: dict) -> None:
         state = ckpt.full_state_dict(self.engine)
         if self.is_main:
-            ckpt.save_best(state, self.run_dir / "best", {"epoch": self.state.epoch + 1, "step": self.state.step,
-                                                          "metrics": results})
+            ckpt.save_best(
+                state,
+                self.run_dir / "best",
+                {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results},
+            )
             for task, preds in self._dev_preds.items():
-                write_predictions(self.run_dir / "predictions" / f"{task}-dev.csv", self.specs[task],
-                                  self.dev[task].ids, preds)
+                write_predictions(
+                    self.run_dir / "predictions" / f"{task}-dev.csv",
+                    self.specs[task],
+                    self.dev[task].ids,
+                    preds,
+                )
 
     def save_checkpoint(self) -> None:
         st = self.state
@@ -209,8 +255,9 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=2))
-        log.info("finished in %.0f s; best epoch %d: overall %.4f", seconds, self.state.best_epoch,
-                 best["overall"])
+        log.info(
+            "finished in %.0f s; best epoch %d: overall %.4f", seconds, self.state.best_epoch, best["overall"]
+        )
         return metrics
 
     def close(self) -> None:
@@ -222,4 +269,6 @@ class Trainer:
 
 
 def _fmt(results: dict, specs: dict) -> str:
-    return "  ".join(f"{t} {specs[t].metric} {m[specs[t].metric]:.4f}" for t, m in results.items() if t in specs)
+    return "  ".join(
+        f"{t} {specs[t].metric} {m[specs[t].metric]:.4f}" for t, m in results.items() if t in specs
+    )

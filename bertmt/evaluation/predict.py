@@ -24,8 +24,14 @@ def to_predictions(spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, spec: TaskSpec, enc: Encoded, batch_size: int, device: torch.device,
-            show_progress: bool = True) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    spec: TaskSpec,
+    enc: Encoded,
+    batch_size: int,
+    device: torch.device,
+    show_progress: bool = True,
+) -> np.ndarray:
     """Predictions for every row of ``enc``, in row order."""
     was_training = model.training
     model.eval()
@@ -33,8 +39,12 @@ def predict(model: nn.Module, spec: TaskSpec, enc: Encoded, batch_size: int, dev
     batches = eval_batches(enc.lengths, batch_size)
     for rows in tqdm(batches, desc=f"eval {spec.name}", disable=not show_progress, leave=False):
         batch = collate(enc, rows)
-        out = model(spec.name, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                    batch["token_type_ids"].to(device))
+        out = model(
+            spec.name,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["token_type_ids"].to(device),
+        )
         preds[rows] = to_predictions(spec, out.float()).cpu().numpy()
     model.train(was_training)
     return preds
@@ -53,8 +63,14 @@ def write_predictions(path: str | Path, spec: TaskSpec, ids: list[str], preds: n
     os.replace(tmp, path)
 
 
-def evaluate_tasks(model: nn.Module, specs: dict[str, TaskSpec], encoded: dict[str, Encoded], batch_size: int,
-                   device: torch.device, show_progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+def evaluate_tasks(
+    model: nn.Module,
+    specs: dict[str, TaskSpec],
+    encoded: dict[str, Encoded],
+    batch_size: int,
+    device: torch.device,
+    show_progress: bool = True,
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Dev metrics in the metrics.json form ``{task: {metric: value}, "overall": score}`` and predictions."""
     from bertmt.evaluation.metrics import overall_score, task_metrics
 

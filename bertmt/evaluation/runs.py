@@ -55,4 +55,3 @@ def predict_run(cfg: ExperimentConfig, run_dir: Path, split: str) -> list[Path]:
         written.append(path)
         log.info("wrote %d predictions to %s", len(preds), path)
     return written
-

@@ -3,5 +3,12 @@
 from bertmt.model.bert import BertConfig, BertModel, EncoderOutput
 from bertmt.model.pretrained import PretrainedError, load_encoder, load_tokenizer, resolve_pretrained
 
-__all__ = ["BertConfig", "BertModel", "EncoderOutput", "PretrainedError", "load_encoder", "load_tokenizer",
-           "resolve_pretrained"]
+__all__ = [
+    "BertConfig",
+    "BertModel",
+    "EncoderOutput",
+    "PretrainedError",
+    "load_encoder",
+    "load_tokenizer",
+    "resolve_pretrained",
+]

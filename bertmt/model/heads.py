@@ -25,8 +25,9 @@ def pool(out: EncoderOutput, attention_mask: torch.Tensor, how: Pooling) -> torc
 class TaskHead(nn.Module):
     """dropout -> [Linear -> GELU -> dropout] x len(hidden) -> Linear(out_size)."""
 
-    def __init__(self, in_size: int, out_size: int, hidden: list[int], dropout: float,
-                 output_bias: float = 0.0) -> None:
+    def __init__(
+        self, in_size: int, out_size: int, hidden: list[int], dropout: float, output_bias: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         for width in hidden:

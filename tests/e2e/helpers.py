@@ -19,13 +19,24 @@ def cli_env() -> dict:
 
 
 def bertmt(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "bertmt.cli", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=timeout, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertmt.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+        cwd=REPO,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"bertmt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
 
 
 def bertmt_popen(*args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bertmt.cli", *args], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bertmt.cli", *args],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+        cwd=REPO,
+    )

@@ -24,9 +24,16 @@ def _kill_after_first_checkpoint(args: list[str], run_dir, log) -> None:
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tiny_pretrained, small_data, tmp_path):
-    # larger batches and longer rows than the other tiny runs, so that a step takes long enough to be killed in
-    extra = {"run.checkpoint_every": 2, "train.grad_accum": 2, "train.epochs": 3, "data.max_length": 128,
-             "tasks.sst.batch_size": 32, "tasks.quora.batch_size": 32, "tasks.sts.batch_size": 32}
+    # larger batches and longer rows than the other tiny runs: a step lasts long enough to be killed in
+    extra = {
+        "run.checkpoint_every": 2,
+        "train.grad_accum": 2,
+        "train.epochs": 3,
+        "data.max_length": 128,
+        "tasks.sst.batch_size": 32,
+        "tasks.quora.batch_size": 32,
+        "tasks.sts.batch_size": 32,
+    }
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
 
@@ -34,7 +41,13 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_pretrained, small_dat
     _kill_after_first_checkpoint(args, parts, tmp_path / "killed.log")
     bertmt("train", str(QUICKSTART), *args)
 
-    resumed = re.search(r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", (parts / "train.log").read_text())
+    resumed = re.search(
+        r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", (parts / "train.log").read_text()
+    )
     assert resumed and 0 < int(resumed[3]) < 18  # 3 epochs x 6 optimiser steps: resumed part-way
-    assert json.loads((parts / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
-    assert json.loads((parts / "history.json").read_text()) == json.loads((whole / "history.json").read_text())
+    assert json.loads((parts / "metrics.json").read_text()) == json.loads(
+        (whole / "metrics.json").read_text()
+    )
+    assert json.loads((parts / "history.json").read_text()) == json.loads(
+        (whole / "history.json").read_text()
+    )

@@ -73,8 +73,16 @@ def test_tensorboard_events_hold_losses_lr_and_dev_metrics(run):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/sst/loss", "train/quora/loss", "train/sts/loss", "train/lr", "dev/sst/accuracy",
-            "dev/quora/accuracy", "dev/sts/pearson", "dev/overall"} <= tags
+    assert {
+        "train/sst/loss",
+        "train/quora/loss",
+        "train/sts/loss",
+        "train/lr",
+        "dev/sst/accuracy",
+        "dev/quora/accuracy",
+        "dev/sts/pearson",
+        "dev/overall",
+    } <= tags
     assert [e.step for e in events.Scalars("dev/overall")] == [12, 24]
     history = json.loads((run_dir / "history.json").read_text())
     assert [e.value for e in events.Scalars("dev/overall")] == pytest.approx([h["overall"] for h in history])
@@ -88,7 +96,8 @@ def test_eval_reproduces_metrics_and_accepts_another_dev_file(run, data_dir, tmp
     assert "bertmt eval" in proc.stdout
     written = json.loads(sorted((run_dir / "eval").glob("metrics-*.json"))[-1].read_text())
     assert written["metrics"]["sts"]["pearson"] == pytest.approx(
-        json.loads((run_dir / "metrics.json").read_text())["sts"]["pearson"], abs=1e-5)
+        json.loads((run_dir / "metrics.json").read_text())["sts"]["pearson"], abs=1e-5
+    )
     other = slice_file(data_dir / "sts-dev.csv", tmp_path / "sts-other.csv", 120)
     for old in (run_dir / "eval").glob("*.json"):
         old.unlink()
@@ -96,7 +105,9 @@ def test_eval_reproduces_metrics_and_accepts_another_dev_file(run, data_dir, tmp
     (result,) = (run_dir / "eval").glob("metrics-*.json")
     result = json.loads(result.read_text())
     assert result["files"]["sts"] == str(other)
-    assert result["metrics"]["sts"]["pearson"] != pytest.approx(written["metrics"]["sts"]["pearson"], abs=1e-6)
+    assert result["metrics"]["sts"]["pearson"] != pytest.approx(
+        written["metrics"]["sts"]["pearson"], abs=1e-6
+    )
 
 
 def test_predict_cli_writes_the_requested_split(run):
@@ -110,7 +121,10 @@ def test_predict_cli_writes_the_requested_split(run):
 def test_bad_override_value_fails_before_training(tmp_path):
     proc = bertmt("train", str(QUICKSTART), f"run.dir={tmp_path / 'r'}", "optim.schedule=step", check=False)
     assert proc.returncode == 2
-    assert "config key 'optim.schedule': expected one of ['linear', 'cosine', 'constant'], got 'step'" in proc.stderr
+    assert (
+        "config key 'optim.schedule': expected one of ['linear', 'cosine', 'constant'], got 'step'"
+        in proc.stderr
+    )
     assert not (tmp_path / "r").exists()
 
 

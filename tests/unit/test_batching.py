@@ -66,9 +66,9 @@ def test_sampler_resumes_from_its_draw_count(sts):
     resumed = TaskSampler(sts, 16, 50, seed=3)
     resumed.drawn = len(full) + 2
     assert torch.equal(resumed.next()["rows"], seen[len(full) + 2])
-    first_pass = torch.cat(seen[:len(full)])
+    first_pass = torch.cat(seen[: len(full)])
     assert sorted(first_pass.tolist()) == list(range(len(sts)))
-    assert not torch.equal(torch.cat(seen[len(full):]), first_pass[:5 * 16])  # each pass is reshuffled
+    assert not torch.equal(torch.cat(seen[len(full) :]), first_pass[: 5 * 16])  # each pass is reshuffled
 
 
 def test_sampler_shards_one_global_batch_across_ranks(sts):

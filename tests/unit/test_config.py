@@ -19,25 +19,48 @@ def test_every_config_loads(path):
 
 
 def test_dotted_overrides_reach_nested_fields():
-    cfg = load_config(CONFIGS[0].parent / "quickstart.yaml",
-                      ["optim.lr=2e-5", "tasks.sts.dev=/elsewhere/sts.csv", "model.head_hidden=[64, 32]",
-                       "train.zero_stage=2", "tasks.cfimdb.train=cf.csv", "tasks.cfimdb.dev=cf-dev.csv"])
+    cfg = load_config(
+        CONFIGS[0].parent / "quickstart.yaml",
+        [
+            "optim.lr=2e-5",
+            "tasks.sts.dev=/elsewhere/sts.csv",
+            "model.head_hidden=[64, 32]",
+            "train.zero_stage=2",
+            "tasks.cfimdb.train=cf.csv",
+            "tasks.cfimdb.dev=cf-dev.csv",
+        ],
+    )
     assert cfg.optim.lr == 2e-5 and cfg.train.zero_stage == 2 and cfg.model.head_hidden == [64, 32]
     assert str(cfg.task_path("sts", "dev")) == "/elsewhere/sts.csv"
     assert cfg.task_path("cfimdb", "train") == Path(cfg.data.dir) / "cf.csv"
 
 
-@pytest.mark.parametrize("override, message", [
-    (["optim.lrr=1"], "config key 'optim.lrr': expected a known key; valid keys here: ['lr', 'weight_decay'"),
-    (["train.precision=fp8"], "config key 'train.precision': expected one of ['fp32', 'bf16', 'fp16'], got 'fp8'"),
-    (["train.zero_stage=4"], "config key 'train.zero_stage': expected one of [0, 1, 2, 3], got 4"),
-    (["optim.lr=-1"], "config key 'optim.lr': expected a positive float, got -1.0"),
-    (["train.epochs=two"], "config key 'train.epochs': expected an integer, got 'two'"),
-    (["tasks.mnli.train=x.csv"], "config key 'tasks.mnli': expected a task name, one of ['cfimdb', 'quora'"),
-    (["model.pooling=max"], "config key 'model.pooling': expected one of ['mean', 'cls', 'pooler']"),
-    (["optim.lr"], "override 'optim.lr': expected KEY=VALUE"),
-    (["train.precision=fp16", "train.zero_stage=0"], "config key 'train.zero_stage': expected 1, 2 or 3 with fp16"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["optim.lrr=1"],
+            "config key 'optim.lrr': expected a known key; valid keys here: ['lr', 'weight_decay'",
+        ),
+        (
+            ["train.precision=fp8"],
+            "config key 'train.precision': expected one of ['fp32', 'bf16', 'fp16'], got 'fp8'",
+        ),
+        (["train.zero_stage=4"], "config key 'train.zero_stage': expected one of [0, 1, 2, 3], got 4"),
+        (["optim.lr=-1"], "config key 'optim.lr': expected a positive float, got -1.0"),
+        (["train.epochs=two"], "config key 'train.epochs': expected an integer, got 'two'"),
+        (
+            ["tasks.mnli.train=x.csv"],
+            "config key 'tasks.mnli': expected a task name, one of ['cfimdb', 'quora'",
+        ),
+        (["model.pooling=max"], "config key 'model.pooling': expected one of ['mean', 'cls', 'pooler']"),
+        (["optim.lr"], "override 'optim.lr': expected KEY=VALUE"),
+        (
+            ["train.precision=fp16", "train.zero_stage=0"],
+            "config key 'train.zero_stage': expected 1, 2 or 3 with fp16",
+        ),
+    ],
+)
 def test_bad_config_fails_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(CONFIGS[0].parent / "quickstart.yaml", override)
@@ -45,7 +68,9 @@ def test_bad_config_fails_naming_the_key(override, message):
 
 
 def test_cli_rejects_unknown_key_before_any_work(tmp_path, capsys):
-    code = main(["train", str(CONFIGS[0].parent / "quickstart.yaml"), f"run.dir={tmp_path}/run", "train.epoch=3"])
+    code = main(
+        ["train", str(CONFIGS[0].parent / "quickstart.yaml"), f"run.dir={tmp_path}/run", "train.epoch=3"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "config key 'train.epoch': expected a known key" in err and "'epochs'" in err

@@ -9,8 +9,12 @@ from safetensors.torch import load_file, save_file
 from bertmt.model import PretrainedError, load_encoder, load_tokenizer
 from tests.conftest import minilm_dir
 
-SENTENCES = [("The movie was great fun .", None), ("How do I learn Python?", "What is the best way to learn Python?"),
-             ("A man is playing a guitar.", "A woman slices an onion on a wooden board in the kitchen."), ("Ok", None)]
+SENTENCES = [
+    ("The movie was great fun .", None),
+    ("How do I learn Python?", "What is the best way to learn Python?"),
+    ("A man is playing a guitar.", "A woman slices an onion on a wooden board in the kitchen."),
+    ("Ok", None),
+]
 
 
 def _batch(tok):
@@ -19,9 +23,9 @@ def _batch(tok):
     ids = torch.zeros(len(encs), width, dtype=torch.long)
     types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
     for i, e in enumerate(encs):
-        ids[i, :len(e.ids)] = torch.tensor(e.ids)
-        types[i, :len(e.ids)] = torch.tensor(e.type_ids)
-        mask[i, :len(e.ids)] = 1
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        types[i, : len(e.ids)] = torch.tensor(e.type_ids)
+        mask[i, : len(e.ids)] = 1
     return ids, mask, types
 
 
@@ -81,8 +85,9 @@ def test_bert_prefixed_checkpoint_loads(tiny_pretrained, tmp_path):
     prefixed = {f"bert.{k}": v for k, v in state.items()} | {"cls.predictions.bias": torch.zeros(3)}
     torch.save(prefixed, tmp_path / "pytorch_model.bin")
     model = load_encoder(tmp_path)
-    assert torch.equal(model.state_dict()["embeddings.word_embeddings.weight"],
-                       state["embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        model.state_dict()["embeddings.word_embeddings.weight"], state["embeddings.word_embeddings.weight"]
+    )
 
 
 def test_unknown_pretrained_name_lists_where_it_looked(tmp_path, monkeypatch):

@@ -20,7 +20,9 @@ def test_real_quora_file_reports_its_two_malformed_records(data_dir, caplog):
     data = read_task_file(data_dir / "quora-small-train.csv", TASKS["quora"])
     assert len(data) == 14285 - 2
     assert [(b.line, b.reason) for b in data.skipped] == [
-        (1840, "empty label in column 'is_duplicate'"), (10055, "empty text in column(s) ['sentence2']")]
+        (1840, "empty label in column 'is_duplicate'"),
+        (10055, "empty text in column(s) ['sentence2']"),
+    ]
     assert "quora-small-train.csv:1840" in caplog.text and "skipped 2 malformed" in caplog.text
     assert all(label in (0, 1) for label in data.labels)
 
@@ -31,15 +33,18 @@ def test_real_test_file_with_two_index_columns(data_dir):
     assert data.ids[0] == "b7573736a6ddf7be102b7fee0" and data.texts[0] == ("Effective but too-tepid biopic",)
 
 
-@pytest.mark.parametrize("row, reason", [
-    ("1\tb\tx\ty\t7.5\n", "label '7.5' outside [0.0, 5.0]"),
-    ("1\tb\tx\ty\thigh\n", "label 'high' in column 'similarity' is not a number"),
-    ("1\tb\tx\ty\t\n", "empty label in column 'similarity'"),
-    ("1\tb\tx\ty\t1.0\textra\n", "1 more fields than the header has columns"),
-    ("1\tb\tx\n", "too few fields: no value for ['sentence2']"),
-    ("1\ta\tx\ty\t1.0\n", "duplicate id 'a'"),
-    ("1\t\tx\ty\t1.0\n", "empty id"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("1\tb\tx\ty\t7.5\n", "label '7.5' outside [0.0, 5.0]"),
+        ("1\tb\tx\ty\thigh\n", "label 'high' in column 'similarity' is not a number"),
+        ("1\tb\tx\ty\t\n", "empty label in column 'similarity'"),
+        ("1\tb\tx\ty\t1.0\textra\n", "1 more fields than the header has columns"),
+        ("1\tb\tx\n", "too few fields: no value for ['sentence2']"),
+        ("1\ta\tx\ty\t1.0\n", "duplicate id 'a'"),
+        ("1\t\tx\ty\t1.0\n", "empty id"),
+    ],
+)
 def test_malformed_record_is_reported_with_line_and_skipped(tmp_path, row, reason):
     path = _write(tmp_path, "0\ta\tA cat.\tA dog.\t2.5\n" + row + "2\tc\tOne.\tTwo.\t4.0\n")
     data = read_task_file(path, TASKS["sts"])
@@ -64,7 +69,10 @@ def test_classification_label_must_be_a_class(tmp_path):
     path.write_text("\tid\tsentence\tsentiment\n0\ta\tGood .\t4\n1\tb\tBad .\t5\n2\tc\tMeh .\t1.5\n")
     data = read_task_file(path, TASKS["sst"])
     assert data.labels == [4]
-    assert [b.reason for b in data.skipped] == ["label '5' is not a class in 0..4", "label '1.5' is not a class in 0..4"]
+    assert [b.reason for b in data.skipped] == [
+        "label '5' is not a class in 0..4",
+        "label '1.5' is not a class in 0..4",
+    ]
 
 
 def test_missing_file_is_named(tmp_path):

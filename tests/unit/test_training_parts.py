@@ -36,7 +36,7 @@ def test_lr_warms_up_linearly_then_decays(schedule):
     assert factors[warmup] == 1.0
     tail = {"linear": 1 - 89 / 90, "cosine": 0.5 * (1 + math.cos(math.pi * 89 / 90)), "constant": 1.0}
     assert factors[-1] == pytest.approx(tail[schedule])
-    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
 
 
 def test_round_robin_cycles_through_tasks():
@@ -51,4 +51,6 @@ def test_deepspeed_config_from_dataclasses(tmp_path):
     assert ds["gradient_clipping"] == 0.0  # written even when off: DeepSpeed would default to 1.0
     micro = ds["train_micro_batch_size_per_gpu"]
     assert ds["train_batch_size"] == micro * 4 * 8 and ds["gradient_accumulation_steps"] == 4
-    assert "bf16" not in ds and "fp16" not in build_deepspeed_config(load_config("configs/quickstart.yaml"), 1)
+    assert "bf16" not in ds and "fp16" not in build_deepspeed_config(
+        load_config("configs/quickstart.yaml"), 1
+    )
