@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 LATEST = "latest"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: readers see the old or the new content, never a part."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -55,7 +56,7 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial / tag, final)
-        _atomic_write_text(ckpt_dir / LATEST, tag)
+        atomic_write_text(ckpt_dir / LATEST, tag)
         tags = sorted(
             (p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-")),
             key=lambda p: int(p.name.split("-")[1]),
@@ -106,4 +107,4 @@ def save_best(state: dict[str, torch.Tensor], best_dir: Path, info: dict) -> Non
     tmp = best_dir / f"model.safetensors.tmp{os.getpid()}"
     save_file(state, str(tmp))
     os.replace(tmp, best_dir / "model.safetensors")
-    _atomic_write_text(best_dir / "info.json", json.dumps(info, indent=2))
+    atomic_write_text(best_dir / "info.json", json.dumps(info, indent=2))

@@ -20,6 +20,8 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,  # client torch.optim.AdamW (nothing compiled)
     }
+    if train.zero_stage == 3:  # the best model is saved as one consolidated state dict
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     if train.precision == "fp16":
         ds["fp16"] = {
             "enabled": True,

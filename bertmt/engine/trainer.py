@@ -253,8 +253,8 @@ class Trainer:
         best = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
         metrics = {t: best[t] for t in self.dev} | {"overall": best["overall"]}
         if self.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=2))
+            ckpt.atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            ckpt.atomic_write_text(self.run_dir / "history.json", json.dumps(self.state.history, indent=2))
         log.info(
             "finished in %.0f s; best epoch %d: overall %.4f", seconds, self.state.best_epoch, best["overall"]
         )
