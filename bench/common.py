@@ -21,5 +21,7 @@ def data_dir() -> Path:
 def real_train_sets(max_length: int = 128) -> dict[str, Encoded]:
     """SST, Quora (small split) and STS training files, tokenised with MiniLM's tokenizer."""
     tok = load_tokenizer("minilm")
-    return {task: encode(read_task_file(data_dir() / f, TASKS[task]), tok, max_length, None)
-            for task, f in TRAIN_FILES.items()}
+    return {
+        task: encode(read_task_file(data_dir() / f, TASKS[task]), tok, max_length, None)
+        for task, f in TRAIN_FILES.items()
+    }

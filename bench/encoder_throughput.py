@@ -27,8 +27,12 @@ def padding_report(sets, batch_size: int) -> None:
     totals = np.zeros(3)
     for task, enc in sets.items():
         real = int(enc.lengths.sum())
-        plain = padded_tokens(enc.lengths, bucketed_batches(enc.lengths, batch_size, 1, np.random.default_rng(0)))
-        bucket = padded_tokens(enc.lengths, bucketed_batches(enc.lengths, batch_size, 50, np.random.default_rng(0)))
+        plain = padded_tokens(
+            enc.lengths, bucketed_batches(enc.lengths, batch_size, 1, np.random.default_rng(0))
+        )
+        bucket = padded_tokens(
+            enc.lengths, bucketed_batches(enc.lengths, batch_size, 50, np.random.default_rng(0))
+        )
         totals += (real, plain, bucket)
         print(f"{task:<8}{real:>10}{plain:>12}{bucket:>12}{1 - bucket / plain:>8.1%}")
     real, plain, bucket = totals
@@ -38,7 +42,9 @@ def padding_report(sets, batch_size: int) -> None:
 
 def real_batches(sets, batch_size: int, n: int) -> list[dict]:
     """n bucketed training batches drawn in turn from the three tasks (as training sees them)."""
-    pools = {t: bucketed_batches(e.lengths, batch_size, 50, np.random.default_rng(1)) for t, e in sets.items()}
+    pools = {
+        t: bucketed_batches(e.lengths, batch_size, 50, np.random.default_rng(1)) for t, e in sets.items()
+    }
     tasks = list(sets)
     return [collate(sets[tasks[i % 3]], pools[tasks[i % 3]][i // 3]) for i in range(n)]
 
@@ -60,8 +66,9 @@ def ours(model, b):
 
 
 def theirs(model, b):
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                 token_type_ids=b["token_type_ids"]).last_hidden_state
+    return model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+    ).last_hidden_state
 
 
 def main() -> None:
@@ -95,8 +102,10 @@ def main() -> None:
                 step(b)
             seconds[name].append(time.perf_counter() - t0)
     n_seq = sum(len(b["input_ids"]) for b in batches)
-    print(f"\ntraining step fwd+bwd+AdamW, MiniLM-L6, {args.steps} real batches of {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.rounds} rounds:")
+    print(
+        f"\ntraining step fwd+bwd+AdamW, MiniLM-L6, {args.steps} real batches of {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, best of {args.rounds} rounds:"
+    )
     rate = {name: n_seq / min(s) for name, s in seconds.items()}
     for name, r in rate.items():
         print(f"  {name:<20} {r:8.1f} seq/s")

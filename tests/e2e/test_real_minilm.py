@@ -17,17 +17,32 @@ from tests.e2e.helpers import QUICKSTART, bertmt
 @pytest.fixture(scope="module")
 def real_slices(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cs224n-real")
-    for name, n in [("ids-sst-train.csv", 960), ("ids-sst-dev.csv", 300), ("quora-small-train.csv", 960),
-                    ("quora-small-dev.csv", 300), ("sts-train.csv", 960), ("sts-dev.csv", 300)]:
+    for name, n in [
+        ("ids-sst-train.csv", 960),
+        ("ids-sst-dev.csv", 300),
+        ("quora-small-train.csv", 960),
+        ("quora-small-dev.csv", 300),
+        ("sts-train.csv", 960),
+        ("sts-dev.csv", 300),
+    ]:
         slice_file(data_dir / name, out / name, n)
     return out
 
 
 def test_minilm_learns_all_three_tasks(real_slices, tmp_path):
     run_dir = tmp_path / "minilm"
-    bertmt("train", str(QUICKSTART), f"data.dir={real_slices}", f"run.dir={run_dir}", "train.epochs=1",
-           "train.batches_per_epoch=90", "tasks.sst.test=null", "tasks.sts.test=null", "run.checkpoint_every=0",
-           f"data.cache_dir={tmp_path / 'cache'}")
+    bertmt(
+        "train",
+        str(QUICKSTART),
+        f"data.dir={real_slices}",
+        f"run.dir={run_dir}",
+        "train.epochs=1",
+        "train.batches_per_epoch=90",
+        "tasks.sst.test=null",
+        "tasks.sts.test=null",
+        "run.checkpoint_every=0",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["sts"]["pearson"] > 0.65  # measured 0.767; an untrained head gives ~0
     assert metrics["sst"]["accuracy"] > 0.33  # measured 0.360; majority class 89/300 = 0.297
