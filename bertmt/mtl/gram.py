@@ -1,0 +1,121 @@
+"""Gradient-surgery methods that only ever see the T x T Gram matrix ``M = G G^T`` of task gradients.
+
+Each projected task gradient is kept as a linear combination of the original ones,
+``g'_i = sum_k C[i, k] g_k``, so every dot product the methods need is ``(C M)[i, j]`` or ``(C M C^T)[i, i]``:
+T x T numbers, never D-sized vectors, which is what lets them run on gradients sharded across ranks.
+``weights(gram)`` returns w (T,) with the final shared gradient ``w @ G``. Random task orders come from a
+seeded generator held in the method's state, so every rank draws the same orders and a resumed run continues
+the same sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+Reduction = Literal["sum", "mean"]
+
+
+class Method:
+    """Base: combine the task gradients with weights computed from their Gram matrix."""
+
+    def __init__(self, num_tasks: int, reduction: Reduction = "sum", seed: int = 0) -> None:
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.num_tasks, self.reduction = num_tasks, reduction
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw_orders(self) -> list[list[int]]:
+        """For each task i, a random order of the other tasks (same on every rank for the same state)."""
+        t = self.num_tasks
+        return [[j for j in torch.randperm(t, generator=self.generator).tolist() if j != i] for i in range(t)]
+
+    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
+        """C (T, T): the projected gradients as combinations of the original ones."""
+        return torch.eye(self.num_tasks, dtype=torch.float64)
+
+    def weights(self, gram: torch.Tensor, orders: list[list[int]] | None = None) -> torch.Tensor:
+        gram = gram.detach().to(torch.float64).cpu()
+        if gram.shape != (self.num_tasks, self.num_tasks):
+            raise ValueError(
+                f"Gram matrix must be {self.num_tasks} x {self.num_tasks}, got {tuple(gram.shape)}"
+            )
+        c = self.combination(gram, self.draw_orders() if orders is None else orders)
+        w = c.sum(0)  # sum_i g'_i = sum_i sum_k C[i, k] g_k
+        return w / self.num_tasks if self.reduction == "mean" else w
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Sum(Method):
+    """No surgery: the sum (or mean) of the task gradients."""
+
+
+class PCGrad(Method):
+    """Yu et al. 2020: project g_i onto the normal plane of each g_j it conflicts with, in random order."""
+
+    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
+        c = torch.eye(self.num_tasks, dtype=torch.float64)
+        for i, order in enumerate(orders):
+            for j in order:
+                dot = c[i] @ gram[:, j]  # g'_i . g_j
+                if dot < 0 and gram[j, j] > 0:
+                    c[i, j] -= dot / gram[j, j]
+        return c
+
+
+class GradVac(Method):
+    """Wang et al. 2020: raise cos(g'_i, g_j) to an EMA target phi_ij (starting at 0, rate ``beta``)."""
+
+    def __init__(
+        self, num_tasks: int, beta: float = 0.01, reduction: Reduction = "sum", seed: int = 0
+    ) -> None:
+        super().__init__(num_tasks, reduction, seed)
+        if not 0 < beta <= 1:
+            raise ValueError(f"gradvac beta must be in (0, 1], got {beta}")
+        self.beta = beta
+        self.target = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
+
+    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
+        c = torch.eye(self.num_tasks, dtype=torch.float64)
+        for i, order in enumerate(orders):
+            for j in order:
+                norm_i2, norm_j2 = c[i] @ gram @ c[i], gram[j, j]
+                if norm_i2 <= 0 or norm_j2 <= 0:
+                    continue  # cosine undefined for a zero gradient: no adjustment, target unchanged
+                phi = float((c[i] @ gram[:, j]) / math.sqrt(norm_i2 * norm_j2))
+                phi = max(-1.0, min(1.0, phi))
+                target = float(self.target[i, j])
+                if phi < target < 1:
+                    c[i, j] += (
+                        math.sqrt(norm_i2)
+                        * (target * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - target**2))
+                        / (math.sqrt(norm_j2) * math.sqrt(1 - target**2))
+                    )
+                self.target[i, j] = (1 - self.beta) * target + self.beta * phi
+        return c
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "target": self.target.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.target = state["target"].clone().to(torch.float64)
+
+
+METHODS: dict[str, type[Method]] = {"none": Sum, "pcgrad": PCGrad, "gradvac": GradVac}
+
+
+def make_method(name: str, num_tasks: int, **options) -> Method:
+    """``make_method("gradvac", 3, beta=0.01)``; options: reduction ("sum"|"mean"), seed, beta (gradvac)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown gradient-surgery method '{name}': expected one of {sorted(METHODS)}")
+    return METHODS[name](num_tasks, **options)
