@@ -100,12 +100,13 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 3  # passes of the task schedule
     batches_per_epoch: int | None = None  # micro-batches per epoch over all tasks (None: sum of task sizes)
-    task_schedule: Literal["round_robin"] = "round_robin"  # which task each micro-batch comes from
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU; fp32 is the CPU default
     zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage
     loss_scale_window: int = 1000  # fp16 dynamic loss scaling window
     initial_scale_power: int = 16  # fp16 initial loss scale 2**power
+    loss_scale_hysteresis: int = 2  # fp16: overflows in a row before the loss scale is lowered
+    dist_timeout_s: int = 600  # a collective waiting longer than this fails (a crashed rank ends the run)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
@@ -126,6 +127,47 @@ class TrainConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    kind: Literal["round_robin", "random", "proportional", "sqrt", "annealed"] = (
+        "round_robin"  # task sampling
+    )
+    samples_per_epoch: int | None = None  # epoch length in training examples (when batches_per_epoch is null)
+    epoch_task: str | None = None  # or: an epoch is one pass over this task's data
+    max_repeats: float | None = None  # cap on passes over one task's data per epoch (small tasks)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+            "schedule.samples_per_epoch",
+            "null or an integer >= 1",
+            self.samples_per_epoch,
+        )
+        _check(
+            self.max_repeats is None or self.max_repeats > 0,
+            "schedule.max_repeats",
+            "null or > 0",
+            self.max_repeats,
+        )
+
+
+@dataclass
+class MtlConfig:
+    method: Literal["none", "pcgrad", "gradvac"] = "none"  # gradient surgery on the shared encoder
+    surgery: bool = False  # per-task gradients even for method none (weights = sum/mean); implied by a method
+    reduction: Literal["sum", "mean"] = "sum"  # combine the (projected) task gradients by sum or mean
+    beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
+    reduce: Literal["all_reduce", "reduce_scatter"] = "reduce_scatter"  # how the T x D buffer crosses ranks
+
+    def __post_init__(self) -> None:
+        _check(0 < self.beta <= 1, "mtl.beta", "a float in (0, 1]", self.beta)
+
+    @property
+    def per_task(self) -> bool:
+        """Whether per-task gradients are taken (gradient surgery path)."""
+        return self.surgery or self.method != "none"
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,6 +175,8 @@ class ExperimentConfig:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # task name (see bertmt.data.tasks) -> files
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mtl: MtlConfig = field(default_factory=MtlConfig)
 
     def __post_init__(self) -> None:
         from bertmt.data.tasks import TASKS
@@ -151,6 +195,18 @@ class ExperimentConfig:
             "tasks",
             "at least one task with a dev file (it picks the best checkpoint)",
             {k: v.dev for k, v in self.tasks.items()},
+        )
+        _check(
+            self.schedule.epoch_task is None or self.schedule.epoch_task in self.tasks,
+            "schedule.epoch_task",
+            f"null or a configured task, one of {sorted(self.tasks)}",
+            self.schedule.epoch_task,
+        )
+        _check(
+            not (self.mtl.per_task and self.train.zero_stage == 3),
+            "mtl.method",
+            "none with train.zero_stage=3 (per-task gradients need whole parameters: ZeRO 0-2)",
+            self.mtl.method,
         )
 
     def task_path(self, task: str, split: str) -> Path | None:

@@ -10,10 +10,12 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
     DeepSpeed only uses it for throughput accounting."""
     train = cfg.train
     micro = max(t.batch_size for t in cfg.tasks.values())
+    # with gradient surgery bertmt accumulates per-task gradients itself and calls engine.step once per step
+    accum = 1 if cfg.mtl.per_task else train.grad_accum
     ds: dict = {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": train.grad_accum,
-        "train_batch_size": micro * train.grad_accum * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,  # always written: DeepSpeed defaults an absent key to 1.0
         "zero_optimization": {"stage": train.zero_stage},
         "steps_per_print": 10**9,  # bertmt logs itself
@@ -28,7 +30,7 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
             "loss_scale": 0,
             "initial_scale_power": train.initial_scale_power,
             "loss_scale_window": train.loss_scale_window,
-            "hysteresis": 2,
+            "hysteresis": train.loss_scale_hysteresis,
             "min_loss_scale": 1,
         }
     elif train.precision == "bf16":

@@ -24,11 +24,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int]:
+def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); returns (rank, world).
 
-    A single process gets RANK/WORLD_SIZE/MASTER_* defaults so that DeepSpeed does not look for MPI.
+    A single process gets RANK/WORLD_SIZE/MASTER_* defaults so that DeepSpeed does not look for MPI. A
+    collective that waits longer than ``timeout_s`` (a crashed peer) raises instead of hanging.
     """
+    from datetime import timedelta
+
     import deepspeed
     import torch.distributed as dist
 
@@ -38,9 +41,8 @@ def init_distributed() -> tuple[int, int]:
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())
     if not dist.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False
-        )
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 

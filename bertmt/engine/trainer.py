@@ -12,13 +12,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bertmt.config import ExperimentConfig, save_config
 from bertmt.data.batching import TaskSampler
 from bertmt.data.loading import load_split
-from bertmt.data.schedule import make_schedule
+from bertmt.data.schedule import TaskSchedule
 from bertmt.data.tasks import get_task
 from bertmt.engine import checkpoint as ckpt
 from bertmt.engine.build import build_model, save_encoder_config
@@ -27,6 +28,7 @@ from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
+from bertmt.engine.surgery import SurgeryStep
 from bertmt.evaluation.predict import evaluate_tasks, write_predictions
 from bertmt.model import load_tokenizer
 
@@ -50,14 +52,13 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
-        self.rank, self.world = init_distributed()
+        self.rank, self.world = init_distributed(cfg.train.dist_timeout_s)
         self.is_main = self.rank == 0
         setup_logging(self.run_dir, self.rank)
         self.specs = {t: get_task(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()
         model = build_model(cfg)
-        self.schedule = make_schedule(cfg.train.task_schedule, list(self.samplers), cfg.run.seed)
         self.total_steps = cfg.train.epochs * self.batches_per_epoch // cfg.train.grad_accum
         optimizer, lr_schedule = build_optimizer(model, cfg.optim, self.total_steps)
         self.ds_config = build_deepspeed_config(cfg, self.world)
@@ -65,6 +66,13 @@ class Trainer:
 
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=lr_schedule, config=self.ds_config
+        )
+        self.surgery = (
+            SurgeryStep(
+                self.engine, list(self.samplers), cfg.mtl, cfg.run.seed, fp16=cfg.train.precision == "fp16"
+            )
+            if cfg.mtl.per_task
+            else None
         )
         self.state = TrainState(drawn={t: 0 for t in self.samplers})
         self._resume()
@@ -81,27 +89,49 @@ class Trainer:
         for task in cfg.tasks:
             train = load_split(cfg, task, "train", self.tokenizer)
             if train is not None:
+                seed = cfg.run.seed + zlib.crc32(task.encode())
                 self.samplers[task] = TaskSampler(
-                    train,
-                    cfg.tasks[task].batch_size,
-                    cfg.data.bucket_pool,
-                    seed=cfg.run.seed + zlib.crc32(task.encode()),
-                    rank=self.rank,
-                    world=self.world,
+                    train, cfg.tasks[task].batch_size, cfg.data.bucket_pool, seed, self.rank, self.world
                 )
             dev = load_split(cfg, task, "dev", self.tokenizer)
             if dev is not None:
                 self.dev[task] = dev
-        per_epoch = cfg.train.batches_per_epoch or sum(len(s) for s in self.samplers.values())
+        sched = cfg.schedule
+        self.schedule = TaskSchedule(
+            sched.kind,
+            {t: len(s.enc) for t, s in self.samplers.items()},
+            {t: len(s) for t, s in self.samplers.items()},
+            cfg.train.epochs,
+            cfg.run.seed,
+            sched.max_repeats,
+        )
+        per_epoch = self._epoch_length()
         accum = cfg.train.grad_accum
         self.batches_per_epoch = -(-per_epoch // accum) * accum  # whole optimiser steps per epoch
         log.info(
-            "tasks %s; %d micro-batches per epoch, %d epochs, world size %d",
+            "tasks %s; schedule %s; %d micro-batches per epoch, %d epochs, world size %d",
             list(self.samplers),
+            sched.kind,
             self.batches_per_epoch,
             cfg.train.epochs,
             self.world,
         )
+
+    def _epoch_length(self) -> int:
+        """Micro-batches per epoch: train.batches_per_epoch, else schedule.samples_per_epoch, else one pass
+        over schedule.epoch_task, else one pass over every task's data."""
+        cfg, samplers = self.cfg, self.samplers
+        if cfg.train.batches_per_epoch:
+            return cfg.train.batches_per_epoch
+        p = dict(zip(self.schedule.tasks, self.schedule.probabilities(0)))
+        if cfg.schedule.kind == "round_robin":
+            p = {t: 1 / len(samplers) for t in samplers}
+        if cfg.schedule.samples_per_epoch:
+            mean_batch = sum(p[t] * s.batch_size * self.world for t, s in samplers.items())
+            return math.ceil(cfg.schedule.samples_per_epoch / mean_batch)
+        if cfg.schedule.epoch_task:
+            return math.ceil(len(samplers[cfg.schedule.epoch_task]) / p[cfg.schedule.epoch_task])
+        return sum(len(s) for s in samplers.values())
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run_dir / "config.yaml")
@@ -116,6 +146,8 @@ class Trainer:
             return
         self.state = TrainState(**client["trainer"])
         ckpt.set_rng_state(client["rng"])
+        if self.surgery is not None:
+            self.surgery.load_state_dict(client["surgery"])
         for task, sampler in self.samplers.items():
             sampler.drawn = self.state.drawn[task]
         log.info(
@@ -127,13 +159,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
 
-    def train_step(self, task: str) -> tuple[float, int]:
-        """Forward, backward and (at an accumulation boundary) optimiser step on a micro-batch of ``task``."""
+    def train_step(self, task: str, boundary: bool) -> tuple[float, int]:
+        """Forward and backward on a micro-batch of ``task``; the optimiser steps at accumulation ends."""
         batch = {k: v.to(self.engine.device) for k, v in self.samplers[task].next().items()}
-        out = self.engine(task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        loss = task_loss(self.specs[task], out, batch["labels"])
-        self.engine.backward(loss * self.cfg.tasks[task].weight)
-        self.engine.step()
+        inputs = (task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        weight = self.cfg.tasks[task].weight
+        if self.surgery is None:
+            loss = task_loss(self.specs[task], self.engine(*inputs), batch["labels"])
+            self.engine.backward(loss * weight)  # DeepSpeed divides by grad_accum, steps at boundaries
+            self.engine.step()
+        else:
+            loss = task_loss(self.specs[task], self.engine.module(*inputs), batch["labels"])
+            self.surgery.micro_step(task, loss * weight / self.cfg.train.grad_accum)
+            if boundary:
+                self.surgery.optimizer_step()
         return loss.item(), int(batch["attention_mask"].sum())
 
     def fit(self) -> dict:
@@ -146,57 +185,72 @@ class Trainer:
         return self._finish(time.time() - start)
 
     def _train_epoch(self) -> None:
-        cfg, st = self.cfg, self.state
+        cfg, st, n = self.cfg, self.state, self.batches_per_epoch
         sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
         bar = tqdm(
-            total=self.batches_per_epoch,
+            total=n,
             initial=st.index,
             desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}",
             disable=not self.is_main,
             mininterval=2.0,
             dynamic_ncols=True,
         )
-        while st.index < self.batches_per_epoch:
-            task = self.schedule.task_at(st.epoch, st.index)
-            loss, n_tokens = self.train_step(task)
+        while st.index < n:
+            task = self.schedule.task_at(st.epoch, st.index, n)
+            boundary = (st.index + 1) % cfg.train.grad_accum == 0
+            loss, n_tokens = self.train_step(task, boundary)
             sums[task] += loss
             counts[task] += 1
             tokens += n_tokens
             st.index += 1
             bar.update()
-            if st.index % cfg.train.grad_accum:
+            if not boundary:
                 continue
             st.step += 1
             if st.step % cfg.run.log_every == 0:
-                self._log_train(sums, counts, tokens / (time.time() - t0))
-                bar.set_postfix({t: f"{sums[t] / counts[t]:.3f}" for t in counts})
+                means = self._log_train(sums, counts, tokens / (time.time() - t0))
+                bar.set_postfix({t: f"{v:.3f}" for t, v in means.items()})
                 sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
-            if (
-                cfg.run.checkpoint_every
-                and st.step % cfg.run.checkpoint_every == 0
-                and st.index < self.batches_per_epoch
-            ):
+            if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 and st.index < n:
                 self.save_checkpoint()
         bar.close()
 
-    def _log_train(self, sums: dict, counts: dict, tokens_per_s: float) -> None:
-        scalars = {f"train/{t}/loss": sums[t] / counts[t] for t in counts}
+    def _global_means(self, sums: dict, counts: dict) -> dict[str, float]:
+        """Per-task mean loss over all ranks (one small all-reduce)."""
+        tasks = list(self.samplers)
+        stats = torch.tensor([[sums[t], counts[t]] for t in tasks], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(stats)
+        return {t: float(s / c) for t, (s, c) in zip(tasks, stats.tolist()) if c > 0}
+
+    def _log_train(self, sums: dict, counts: dict, tokens_per_s: float) -> dict[str, float]:
+        means = self._global_means(sums, counts)
+        scalars = {f"train/{t}/loss": v for t, v in means.items()}
         scalars["train/lr"] = self.engine.get_lr()[0]
-        scalars["train/tokens_per_s"] = tokens_per_s
+        scalars["train/tokens_per_s"] = tokens_per_s * self.world
         if self.cfg.train.precision == "fp16":
-            scalars["train/loss_scale"] = self.engine.optimizer.cur_scale
+            scalars["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
+            scalars["train/skipped_steps"] = float(self.engine.skipped_steps)
+        if self.surgery is not None:
+            scalars |= self.surgery.scalars()
         self.writer.log(scalars, self.state.step)
         log.info(
             "step %d/%d  %s  lr %.2e  %.0f tok/s",
             self.state.step,
             self.total_steps,
-            "  ".join(f"{t} {sums[t] / counts[t]:.4f}" for t in counts),
+            "  ".join(f"{t} {v:.4f}" for t, v in means.items()),
             scalars["train/lr"],
-            tokens_per_s,
+            scalars["train/tokens_per_s"],
         )
+        return means
 
     def _end_epoch(self) -> None:
         st = self.state
+        counts = self.schedule.counts(st.epoch, self.batches_per_epoch)
+        self.writer.log(
+            {f"schedule/{t}/fraction": c / self.batches_per_epoch for t, c in counts.items()}, st.step
+        )
+        log.info("epoch %d task batches: %s", st.epoch + 1, counts)
         results = self.evaluate()
         st.history.append({"epoch": st.epoch + 1, "step": st.step, **results})
         improved = results["overall"] > st.best_score
@@ -214,7 +268,7 @@ class Trainer:
         self.save_checkpoint()
 
     def evaluate(self) -> dict:
-        """Dev metrics of the current model; logged to TensorBoard."""
+        """Dev metrics of the current model, each example scored once across ranks; logged to TensorBoard."""
         results, self._dev_preds = evaluate_tasks(
             self.engine.module,
             self.specs,
@@ -230,11 +284,8 @@ class Trainer:
     def _save_best(self, results: dict) -> None:
         state = ckpt.full_state_dict(self.engine)
         if self.is_main:
-            ckpt.save_best(
-                state,
-                self.run_dir / "best",
-                {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results},
-            )
+            info = {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results}
+            ckpt.save_best(state, self.run_dir / "best", info)
             for task, preds in self._dev_preds.items():
                 write_predictions(
                     self.run_dir / "predictions" / f"{task}-dev.csv",
@@ -247,6 +298,8 @@ class Trainer:
         st = self.state
         st.drawn = {t: s.drawn for t, s in self.samplers.items()}
         client = {"trainer": dataclasses.asdict(st), "rng": ckpt.rng_state()}
+        if self.surgery is not None:
+            client["surgery"] = self.surgery.state_dict()
         ckpt.save_checkpoint(self.engine, self.run_dir / "checkpoints", f"step-{st.step}", client)
 
     def _finish(self, seconds: float) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -23,6 +24,12 @@ def to_predictions(spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
     return out.clamp(*spec.label_range) if spec.label_range else out
 
 
+def _shard() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -32,11 +39,13 @@ def predict(
     device: torch.device,
     show_progress: bool = True,
 ) -> np.ndarray:
-    """Predictions for every row of ``enc``, in row order."""
+    """Predictions for every row of ``enc``, in row order. Under torch.distributed each rank scores every
+    world-th batch and one all-reduce gathers them: every example is scored exactly once."""
+    rank, world = _shard()
     was_training = model.training
     model.eval()
-    preds = np.zeros(len(enc), dtype=np.float32)
-    batches = eval_batches(enc.lengths, batch_size)
+    preds = torch.zeros(len(enc), dtype=torch.float64)
+    batches = eval_batches(enc.lengths, batch_size)[rank::world]
     for rows in tqdm(batches, desc=f"eval {spec.name}", disable=not show_progress, leave=False):
         batch = collate(enc, rows)
         out = model(
@@ -45,9 +54,11 @@ def predict(
             batch["attention_mask"].to(device),
             batch["token_type_ids"].to(device),
         )
-        preds[rows] = to_predictions(spec, out.float()).cpu().numpy()
+        preds[torch.from_numpy(rows)] = to_predictions(spec, out.float()).cpu().double()
     model.train(was_training)
-    return preds
+    if world > 1:
+        dist.all_reduce(preds)  # rows are disjoint across ranks: the sum is the gather
+    return preds.numpy()
 
 
 def write_predictions(path: str | Path, spec: TaskSpec, ids: list[str], preds: np.ndarray) -> None:

@@ -37,7 +37,12 @@ class MultitaskModel(nn.Module):
         )
 
     def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task uses (the encoder): the ones gradient surgery projects."""
         return list(self.encoder.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters only ``task`` uses (its head): they keep their own task's gradient."""
+        return list(self.heads[task].parameters())
 
     def forward(
         self,

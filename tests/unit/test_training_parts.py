@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertmt.config import load_config
-from bertmt.data.schedule import make_schedule
+from bertmt.data.schedule import TaskSchedule
 from bertmt.data.tasks import TASKS
 from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.optim import lr_factor
@@ -39,9 +39,46 @@ def test_lr_warms_up_linearly_then_decays(schedule):
     assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
 
 
+SIZES = {"sst": 8544, "quora": 14283, "sts": 6040}
+PASSES = {"sst": 267, "quora": 447, "sts": 189}
+
+
 def test_round_robin_cycles_through_tasks():
-    sched = make_schedule("round_robin", ["sst", "quora", "sts"])
-    assert [sched.task_at(0, i) for i in range(7)] == ["sst", "quora", "sts", "sst", "quora", "sts", "sst"]
+    sched = TaskSchedule("round_robin", SIZES, PASSES, epochs=1)
+    assert [sched.task_at(0, i, 7) for i in range(7)] == ["sst", "quora", "sts", "sst", "quora", "sts", "sst"]
+
+
+@pytest.mark.parametrize("kind, power", [("random", 0.0), ("proportional", 1.0), ("sqrt", 0.5)])
+def test_sampling_probabilities_and_empirical_frequencies(kind, power):
+    sched = TaskSchedule(kind, SIZES, PASSES, epochs=3, seed=5)
+    n = np.array(list(SIZES.values()), dtype=float)
+    want = n**power / (n**power).sum()
+    np.testing.assert_allclose(sched.probabilities(2), want)
+    counts = sched.counts(0, 6000)
+    freq = np.array([counts[t] for t in SIZES]) / 6000
+    np.testing.assert_allclose(freq, want, atol=0.025)
+
+
+def test_annealed_alpha_goes_from_1_to_0_2():
+    sched = TaskSchedule("annealed", SIZES, PASSES, epochs=5)
+    assert [sched.alpha(e) for e in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    n = np.array(list(SIZES.values()), dtype=float)
+    np.testing.assert_allclose(sched.probabilities(3), n**0.4 / (n**0.4).sum())
+    assert TaskSchedule("annealed", SIZES, PASSES, epochs=1).alpha(0) == 1.0
+
+
+def test_schedule_is_a_pure_function_of_seed_epoch_and_index():
+    a = TaskSchedule("proportional", SIZES, PASSES, epochs=2, seed=1)
+    b = TaskSchedule("proportional", SIZES, PASSES, epochs=2, seed=1)
+    seq = [a.task_at(1, i, 50) for i in range(50)]
+    assert [b.task_at(1, i, 50) for i in reversed(range(50))][::-1] == seq  # any access order, same tasks
+    assert seq != [a.task_at(0, i, 50) for i in range(50)]  # another epoch, another draw
+
+
+def test_max_repeats_caps_a_small_task():
+    sched = TaskSchedule("random", {"big": 1000, "small": 10}, {"big": 100, "small": 1}, epochs=1, max_repeats=2)
+    counts = sched.counts(0, 60)
+    assert counts == {"big": 58, "small": 2}
 
 
 def test_deepspeed_config_from_dataclasses(tmp_path):
