@@ -37,18 +37,29 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-@pytest.fixture(scope="session")
-def tiny_pretrained(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer BERT saved by Hugging Face transformers, with MiniLM's tokenizer."""
+def _save_tiny(out: Path, **config) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(BertConfig(**TINY)).save_pretrained(out, safe_serialization=True)
+    BertModel(BertConfig(**TINY, **config)).save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         shutil.copy(minilm_dir() / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT saved by Hugging Face transformers, with MiniLM's tokenizer."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_no_dropout(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that split a batch over ranks must compute the same function."""
+    return _save_tiny(
+        tmp_path_factory.mktemp("tiny-bert-nodrop"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 def slice_file(src: Path, dst: Path, records: int) -> Path:

@@ -151,15 +151,17 @@ class TaskSampler:
         self.batch_size, self.pool = batch_size, pool
         self.drawn = 0
         self._pass, self._batches = -1, []
+        self._len = len(self._pass_batches(0))
 
     def __len__(self) -> int:
-        """Batches in one pass over the data."""
-        return -(-len(self.enc) // (self.batch_size * self.world))
+        """Batches in one pass over the data (every pass has the same batch sizes)."""
+        return self._len
 
     def _pass_batches(self, index: int) -> list[np.ndarray]:
         if index != self._pass:
             rng = np.random.default_rng([self.seed, index])
-            self._batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
+            batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
+            self._batches = [b for b in batches if len(b) >= self.world]  # every rank gets at least one row
             self._pass = index
         return self._batches
 

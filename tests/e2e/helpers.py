@@ -40,3 +40,24 @@ def bertmt_popen(*args: str, log: Path) -> subprocess.Popen:
         env=cli_env(),
         cwd=REPO,
     )
+
+
+def torchrun(
+    nproc: int, *args: str, module: str = "bertmt.cli", timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc -m module args`` on CPU (gloo), on a free port."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_port=0",
+        "-m",
+        module,
+        *args,
+    ]
+    env = cli_env() | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
+    return proc

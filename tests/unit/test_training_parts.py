@@ -76,7 +76,9 @@ def test_schedule_is_a_pure_function_of_seed_epoch_and_index():
 
 
 def test_max_repeats_caps_a_small_task():
-    sched = TaskSchedule("random", {"big": 1000, "small": 10}, {"big": 100, "small": 1}, epochs=1, max_repeats=2)
+    sched = TaskSchedule(
+        "random", {"big": 1000, "small": 10}, {"big": 100, "small": 1}, epochs=1, max_repeats=2
+    )
     counts = sched.counts(0, 60)
     assert counts == {"big": 58, "small": 2}
 

@@ -1,0 +1,170 @@
+"""Step time of gradient surgery (pcgrad, gradvac) vs method none on MiniLM with real batches, 1 and 2
+processes, and of a straightforward per-parameter implementation (T backward passes with retain_graph, Python
+loops over parameters, one collective per parameter per task) as the baseline the field uses.
+
+    python bench/surgery_overhead.py [--steps 5] [--batch-size 16]     # launches every variant itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TRAIN_FILES, data_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = list(TRAIN_FILES)
+VARIANTS = ["none", "pcgrad", "gradvac", "naive-pcgrad"]
+
+
+def _trainer(method: str, batch: int, run_dir: str):
+    from bertmt.config import load_config
+    from bertmt.engine.trainer import Trainer
+
+    overrides = [
+        f"data.dir={data_dir()}",
+        f"run.dir={run_dir}",
+        "train.grad_accum=3",
+        "train.epochs=1",
+        "train.batches_per_epoch=300",
+        "data.max_length=64",
+        "tasks.sst.test=null",
+        "tasks.sts.test=null",
+        f"mtl.method={'pcgrad' if method.startswith('naive') else method}",
+        "run.log_every=1000",
+    ]
+    overrides += [f"tasks.{t}.batch_size={batch}" for t in TASKS]
+    return Trainer(load_config(REPO / "configs" / "quickstart.yaml", overrides))
+
+
+def _naive_pcgrad_step(trainer, opt, world: int) -> None:
+    from bertmt.engine.losses import task_loss
+
+    model = trainer.engine.module
+    shared = model.shared_parameters()
+    losses = []
+    for task in TASKS:
+        b = trainer.samplers[task].next()
+        out = model(task, b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        losses.append(task_loss(trainer.specs[task], out, b["labels"]))
+    grads, heads = [], {}
+    for task, loss in zip(TASKS, losses):
+        model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        flat = []
+        for p in shared:  # one collective per parameter per task
+            g = p.grad.detach().clone()
+            if world > 1:
+                dist.all_reduce(g)
+                g /= world
+            flat.append(g.reshape(-1))
+        grads.append(torch.cat(flat))
+        heads[task] = [p.grad.detach().clone() for p in model.task_parameters(task)]
+    projected = []
+    for i, g in enumerate(grads):  # PCGrad on whole D-sized vectors
+        g = g.clone()
+        for j in torch.randperm(len(grads)).tolist():
+            dot = g @ grads[j]
+            if j != i and dot < 0:
+                g -= dot / (grads[j] @ grads[j]) * grads[j]
+        projected.append(g)
+    total, offset = torch.stack(projected).sum(0), 0
+    for p in shared:
+        p.grad = total[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    for task, gs in heads.items():
+        for p, g in zip(model.task_parameters(task), gs):
+            p.grad = g
+    opt.step()
+
+
+def worker(method: str, steps: int, batch: int, out: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(method, batch, tmp)
+        world = trainer.world
+        opt = (
+            torch.optim.AdamW(trainer.engine.module.parameters(), lr=1e-5)
+            if method.startswith("naive")
+            else None
+        )
+        times = []
+        for _ in range(steps + 1):  # the first step warms up
+            start = time.perf_counter()
+            if opt is not None:
+                _naive_pcgrad_step(trainer, opt, world)
+            else:
+                for i, task in enumerate(TASKS):
+                    trainer.train_step(task, boundary=i == len(TASKS) - 1)
+            if world > 1:
+                dist.barrier()
+            times.append(time.perf_counter() - start)
+        moved = trainer.surgery.buffer.bytes_moved / max(1, steps + 1) if trainer.surgery else 0
+        if trainer.rank == 0:
+            Path(out).write_text(
+                json.dumps({"step_s": sorted(times[1:])[len(times[1:]) // 2], "bytes": moved})
+            )
+        trainer.close()
+
+
+def launch(method: str, nproc: int, args) -> dict:
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    script = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        method,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // nproc)), TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    prefix = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0"]
+    )
+    subprocess.run(
+        prefix + script, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--worker")
+    parser.add_argument("--out")
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.steps, args.batch_size, args.out)
+    print(
+        f"MiniLM-L6, 3 tasks, one real micro-batch of {args.batch_size} per task per optimiser step "
+        f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores in all"
+    )
+    for nproc in args.nproc:
+        res = {v: launch(v, nproc, args) for v in VARIANTS}
+        base = res["none"]["step_s"]
+        print(f"\n{nproc} process(es):")
+        for v, r in res.items():
+            extra = f"  buffer bytes/step {r['bytes'] / 1e6:.1f} MB" if r["bytes"] else ""
+            print(f"  {v:<14} {r['step_s'] * 1000:8.0f} ms/step  {r['step_s'] / base:5.2f}x of none{extra}")
+
+
+if __name__ == "__main__":
+    main()
