@@ -135,7 +135,7 @@ def launch(method: str, nproc: int, args) -> dict:
     prefix = (
         [sys.executable]
         if nproc == 1
-        else [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0"]
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     )
     subprocess.run(
         prefix + script, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -51,7 +51,7 @@ def torchrun(
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
-        "--master_port=0",
+        "--standalone",
         "-m",
         module,
         *args,
