@@ -63,7 +63,7 @@ def _naive_pcgrad_step(trainer, opt, world: int) -> None:
         loss.backward(retain_graph=True)
         flat = []
         for p in shared:  # one collective per parameter per task
-            g = p.grad.detach().clone()
+            g = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()  # unused: the pooler
             if world > 1:
                 dist.all_reduce(g)
                 g /= world

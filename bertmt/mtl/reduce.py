@@ -66,28 +66,26 @@ class TaskGradients:
         self.bytes_moved += tensor.numel() * tensor.element_size()
 
     def gram(self) -> tuple[torch.Tensor, bool]:
-        """Gram matrix of the rank-averaged task gradients, and whether every rank's buffer was finite."""
+        """Gram matrix of the rank-averaged task gradients, and whether every rank's buffer was finite.
+
+        An inf or nan anywhere, on any rank, reaches the diagonal of the reduced Gram matrix (as a sum of
+        squares), so finiteness costs no extra pass over the buffer and no extra collective."""
         if self.world == 1:
-            g = self.buffer.double()
-            return g @ g.T, bool(torch.isfinite(g).all())
-        if self.mode == "all_reduce":
+            gram = _gram(self.buffer)
+        elif self.mode == "all_reduce":
             g = self.buffer.clone()
             self._count(g)
-            dist.all_reduce(g)  # an inf/nan on any rank shows in the sum on every rank
-            g = g.double() / self.world
-            return g @ g.T, bool(torch.isfinite(g).all())
-        shard = torch.empty(
-            self.buffer.size(0), self.width // self.world, dtype=self.buffer.dtype, device=self.buffer.device
-        )
-        self._count(self.buffer)
-        dist.reduce_scatter_tensor(shard, _columns_by_rank(self.buffer, self.world))
-        shard = shard.double() / self.world
-        overflow = (~torch.isfinite(self.buffer).all()).double().reshape(1)
-        stats = torch.cat([(shard @ shard.T).reshape(-1), overflow])  # partial Gram of this column shard
-        self._count(stats)
-        dist.all_reduce(stats)
-        t = self.buffer.size(0)
-        return stats[:-1].reshape(t, t), bool(stats[-1] == 0 and torch.isfinite(stats).all())
+            dist.all_reduce(g)
+            gram = _gram(g / self.world)
+        else:
+            shard = torch.empty(self.buffer.size(0), self.width // self.world, dtype=self.buffer.dtype,
+                                device=self.buffer.device)
+            self._count(self.buffer)
+            dist.reduce_scatter_tensor(shard, _columns_by_rank(self.buffer, self.world))
+            gram = _gram(shard / self.world)  # partial Gram matrix of this rank's column shard
+            self._count(gram)
+            dist.all_reduce(gram)
+        return gram, bool(torch.isfinite(gram.diagonal()).all())
 
     def combine(self, method: Method) -> Combined:
         gram, finite = self.gram()
@@ -98,6 +96,16 @@ class TaskGradients:
     def combined_local(self, weights: torch.Tensor) -> torch.Tensor:
         """``w @ G_local`` as a flat fp32 vector (the engine averages it across ranks)."""
         return weights.to(self.buffer.dtype).to(self.buffer.device) @ self.buffer
+
+
+def _gram(g: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``g @ g.T`` in float64, converted in column chunks: exact like a full float64 copy (which costs 6x the
+    time and 2x the buffer's memory here), unlike a float32 product over ~10^7 columns."""
+    out = torch.zeros(g.size(0), g.size(0), dtype=torch.float64, device=g.device)
+    for part in g.split(chunk, dim=1):
+        part = part.double()
+        out += part @ part.T
+    return out
 
 
 def _columns_by_rank(buf: torch.Tensor, world: int) -> torch.Tensor:
