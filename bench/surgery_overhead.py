@@ -27,7 +27,7 @@ TASKS = list(TRAIN_FILES)
 VARIANTS = ["none", "pcgrad", "gradvac", "naive-pcgrad"]
 
 
-def _trainer(method: str, batch: int, run_dir: str):
+def _trainer(method: str, batch: int, run_dir: str, reduce: str = "reduce_scatter"):
     from bertmt.config import load_config
     from bertmt.engine.trainer import Trainer
 
@@ -42,6 +42,7 @@ def _trainer(method: str, batch: int, run_dir: str):
         "tasks.sts.test=null",
         f"mtl.method={'pcgrad' if method.startswith('naive') else method}",
         "run.log_every=1000",
+        f"mtl.reduce={reduce}",
     ]
     overrides += [f"tasks.{t}.batch_size={batch}" for t in TASKS]
     return Trainer(load_config(REPO / "configs" / "quickstart.yaml", overrides))
@@ -88,9 +89,9 @@ def _naive_pcgrad_step(trainer, opt, world: int) -> None:
     opt.step()
 
 
-def worker(method: str, steps: int, batch: int, out: str) -> None:
+def worker(method: str, steps: int, batch: int, out: str, reduce: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(method, batch, tmp)
+        trainer = _trainer(method, batch, tmp, reduce)
         world = trainer.world
         opt = (
             torch.optim.AdamW(trainer.engine.module.parameters(), lr=1e-5)
@@ -128,6 +129,8 @@ def launch(method: str, nproc: int, args) -> dict:
         str(args.batch_size),
         "--out",
         str(out),
+        "--reduce",
+        args.reduce,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // nproc)), TOKENIZERS_PARALLELISM="false")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -150,12 +153,13 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--out")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--reduce", choices=["reduce_scatter", "all_reduce"], default="reduce_scatter")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.batch_size, args.out)
+        return worker(args.worker, args.steps, args.batch_size, args.out, args.reduce)
     print(
         f"MiniLM-L6, 3 tasks, one real micro-batch of {args.batch_size} per task per optimiser step "
-        f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores in all"
+        f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores; mtl.reduce={args.reduce}"
     )
     for nproc in args.nproc:
         res = {v: launch(v, nproc, args) for v in VARIANTS}

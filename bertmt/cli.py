@@ -87,6 +87,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertmt", description="Multitask BERT training on DeepSpeed")
+    # the `deepspeed` launcher passes --local_rank=N to every process (LOCAL_RANK is in the environment too)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "train", help="train from a YAML config (resumes if the run directory has a checkpoint)"

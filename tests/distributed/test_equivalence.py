@@ -70,3 +70,42 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(method, stage, tiny_no_dr
         "encoder.layer.0.attention.self.query.weight"
     ]
     assert not torch.allclose(p1["encoder.encoder.layer.0.attention.self.query.weight"], start)  # it trained
+
+
+def test_deepspeed_launcher_matches_torchrun(tiny_no_dropout, small_data, tmp_path):
+    """`deepspeed --num_gpus 2` (its CPU mode) runs the same 2-rank training as torchrun."""
+    import subprocess
+    import sys
+
+    from tests.e2e.helpers import REPO, cli_env
+
+    via_torchrun, via_deepspeed = tmp_path / "torchrun", tmp_path / "deepspeed"
+    torchrun(
+        2, "train", str(QUICKSTART), *_args(tiny_no_dropout, small_data, via_torchrun, "pcgrad", 1, batch=8)
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29731",
+        "--module",
+        "bertmt.cli",
+        "train",
+        str(QUICKSTART),
+        *_args(tiny_no_dropout, small_data, via_deepspeed, "pcgrad", 1, batch=8),
+    ]
+    proc = subprocess.run(
+        launcher,
+        capture_output=True,
+        text=True,
+        env=cli_env() | {"OMP_NUM_THREADS": "1"},
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _losses(via_deepspeed) == _losses(via_torchrun)
+    info = (via_deepspeed / "run_info.json").read_text()
+    assert '"world_size": 2' in info

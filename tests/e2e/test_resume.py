@@ -7,6 +7,8 @@ import json
 import re
 import time
 
+import pytest
+
 from tests.conftest import tiny_overrides
 from tests.e2e.helpers import QUICKSTART, bertmt, bertmt_popen
 
@@ -23,7 +25,16 @@ def _kill_after_first_checkpoint(args: list[str], run_dir, log) -> None:
     assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tiny_pretrained, small_data, tmp_path):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule must resume too
+        {"mtl.method": "gradvac", "mtl.beta": 0.5, "schedule.kind": "annealed", "train.grad_accum": 3},
+    ],
+    ids=["plain", "gradvac-annealed"],
+)
+def test_killed_and_resumed_run_matches_uninterrupted(variant, tiny_pretrained, small_data, tmp_path):
     # larger batches and longer rows than the other tiny runs: a step lasts long enough to be killed in
     extra = {
         "run.checkpoint_every": 2,
@@ -33,7 +44,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_pretrained, small_dat
         "tasks.sst.batch_size": 32,
         "tasks.quora.batch_size": 32,
         "tasks.sts.batch_size": 32,
-    }
+    } | variant
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
 

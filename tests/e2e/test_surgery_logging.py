@@ -1,0 +1,55 @@
+"""Gradient surgery inside a real run (1 process): TensorBoard holds each task pair's cosine, the conflict
+count, the weights, the gradient norms and the sampled task fractions, and they agree with each other."""
+
+from __future__ import annotations
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import tiny_overrides
+from tests.e2e.helpers import QUICKSTART, bertmt
+
+PAIRS = ["quora-sts", "sst-quora", "sst-sts"]
+
+
+@pytest.fixture(scope="module")
+def events(tiny_pretrained, small_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("surgery") / "run"
+    extra = {
+        "mtl.method": "pcgrad",
+        "train.grad_accum": 3,
+        "run.log_every": 1,
+        "train.epochs": 2,
+        "schedule.kind": "annealed",
+        "tasks.sst.test": None,
+        "tasks.sts.test": None,
+    }
+    bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, run_dir, **extra))
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def test_pairwise_cosines_conflicts_and_weights_are_logged(events):
+    tasks = ("sst", "quora", "sts")
+    assert sorted(events["mtl/conflicts"]) == list(range(1, 9))  # 2 epochs x 12 micro-batches / grad_accum 3
+    projected = False
+    for step, conflicts in events["mtl/conflicts"].items():
+        # a pair's cosine is logged when both tasks had a batch in the step (the schedule samples tasks)
+        cosines = [events[f"mtl/cos/{p}"][step] for p in PAIRS if step in events.get(f"mtl/cos/{p}", {})]
+        assert all(-1.0 <= v <= 1.0 for v in cosines)
+        assert conflicts == sum(v < 0 for v in cosines)
+        weights = [events[f"mtl/weight/{t}"][step] for t in tasks]
+        if conflicts == 0:
+            assert weights == pytest.approx([1.0, 1.0, 1.0])  # PCGrad leaves agreeing gradients alone
+        else:
+            projected |= any(w != pytest.approx(1.0) for w in weights)
+        assert all(events[f"mtl/grad_norm/{t}"][step] >= 0 for t in tasks)
+    assert projected, "no step had a conflict that PCGrad projected"
+
+
+def test_sampled_task_fractions_are_logged_per_epoch(events):
+    fractions = [events[f"schedule/{t}/fraction"] for t in ("sst", "quora", "sts")]
+    assert all(sorted(f) == [4, 8] for f in fractions)  # logged at the end of each epoch
+    for step in (4, 8):
+        assert sum(f[step] for f in fractions) == pytest.approx(1.0)
