@@ -56,6 +56,18 @@ def test_dotted_overrides_reach_nested_fields():
         (["model.pooling=max"], "config key 'model.pooling': expected one of ['mean', 'cls', 'pooler']"),
         (["optim.lr"], "override 'optim.lr': expected KEY=VALUE"),
         (
+            ["mtl.method=pcgrad", "train.zero_stage=3"],
+            "config key 'mtl.method': expected none with train.zero_stage=3",
+        ),
+        (
+            ["schedule.kind=temperature"],
+            "config key 'schedule.kind': expected one of ['round_robin', 'random'",
+        ),
+        (
+            ["schedule.epoch_task=cfimdb"],
+            "config key 'schedule.epoch_task': expected null or a configured task",
+        ),
+        (
             ["train.precision=fp16", "train.zero_stage=0"],
             "config key 'train.zero_stage': expected 1, 2 or 3 with fp16",
         ),
