@@ -50,6 +50,8 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
     """Save engine + client state under ``ckpt_dir/tag`` atomically; keep the newest ``keep`` checkpoints."""
     partial = ckpt_dir / ".partial"
     engine.save_checkpoint(str(partial), tag=tag, client_state=client_state, save_latest=False)
+    # DeepSpeed keeps client_state from rank 0 only: every rank's own RNG streams (dropout) go beside it
+    torch.save(rng_state(), partial / tag / f"rng-rank{dist.get_rank()}.pt")
     dist.barrier()
     final = ckpt_dir / tag
     if dist.get_rank() == 0:
@@ -79,13 +81,18 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
-    """Load the latest checkpoint into ``engine``; returns its client state (None when there is none)."""
+    """Load the latest checkpoint into ``engine`` and this rank's RNG state; returns the client state (None
+    when there is no checkpoint)."""
     tag = latest_tag(ckpt_dir)
     if tag is None:
         return None
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    rng_file = ckpt_dir / tag / f"rng-rank{dist.get_rank()}.pt"
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file} is missing: was the run saved with another number of ranks?")
+    set_rng_state(torch.load(rng_file, weights_only=False))
     log.info("resumed from checkpoint %s", ckpt_dir / tag)
     return client_state
 

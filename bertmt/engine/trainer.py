@@ -145,7 +145,6 @@ class Trainer:
         if client is None:
             return
         self.state = TrainState(**client["trainer"])
-        ckpt.set_rng_state(client["rng"])
         if self.surgery is not None:
             self.surgery.load_state_dict(client["surgery"])
         for task, sampler in self.samplers.items():
@@ -297,7 +296,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         st = self.state
         st.drawn = {t: s.drawn for t, s in self.samplers.items()}
-        client = {"trainer": dataclasses.asdict(st), "rng": ckpt.rng_state()}
+        client = {"trainer": dataclasses.asdict(st)}
         if self.surgery is not None:
             client["surgery"] = self.surgery.state_dict()
         ckpt.save_checkpoint(self.engine, self.run_dir / "checkpoints", f"step-{st.step}", client)

@@ -61,3 +61,25 @@ def torchrun(
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def torchrun_popen(nproc: int, *args: str, log: Path) -> subprocess.Popen:
+    """torchrun in its own session, so that the test can kill the launcher and every rank at once."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bertmt.cli",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=cli_env() | {"OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
