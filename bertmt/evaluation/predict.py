@@ -40,13 +40,18 @@ def predict(
     show_progress: bool = True,
 ) -> np.ndarray:
     """Predictions for every row of ``enc``, in row order. Under torch.distributed each rank scores every
-    world-th batch and one all-reduce gathers them: every example is scored exactly once."""
+    world-th batch and one all-reduce gathers them: every example is scored exactly once. Every rank runs the
+    same number of forward passes (a rank short of a batch repeats one and drops the result): ZeRO-3 gathers
+    parameters collectively inside each forward."""
     rank, world = _shard()
     was_training = model.training
     model.eval()
     preds = torch.zeros(len(enc), dtype=torch.float64)
-    batches = eval_batches(enc.lengths, batch_size)[rank::world]
-    for rows in tqdm(batches, desc=f"eval {spec.name}", disable=not show_progress, leave=False):
+    every = eval_batches(enc.lengths, batch_size)
+    mine = every[rank::world]
+    rounds = -(-len(every) // world)
+    for i in tqdm(range(rounds), desc=f"eval {spec.name}", disable=not show_progress, leave=False):
+        rows = mine[i] if i < len(mine) else every[0]
         batch = collate(enc, rows)
         out = model(
             spec.name,
@@ -54,7 +59,8 @@ def predict(
             batch["attention_mask"].to(device),
             batch["token_type_ids"].to(device),
         )
-        preds[torch.from_numpy(rows)] = to_predictions(spec, out.float()).cpu().double()
+        if i < len(mine):
+            preds[torch.from_numpy(rows)] = to_predictions(spec, out.float()).cpu().double()
     model.train(was_training)
     if world > 1:
         dist.all_reduce(preds)  # rows are disjoint across ranks: the sum is the gather

@@ -64,7 +64,7 @@ def torchrun(
 
 
 def torchrun_popen(nproc: int, *args: str, log: Path) -> subprocess.Popen:
-    """torchrun in its own session, so that the test can kill the launcher and every rank at once."""
+    """torchrun in the background (the caller kills it and its ranks)."""
     cmd = [
         sys.executable,
         "-m",
