@@ -42,13 +42,9 @@ class TaskGradients:
 
     def add(self, task: int, grads: list[torch.Tensor | None], scale: float = 1.0) -> None:
         """Add one micro-batch's gradients of the shared params (from autograd.grad), divided by ``scale``."""
-        row = self.buffer[task]
-        offset = 0
-        for p, g in zip(self.params, grads):
-            n = p.numel()
-            if g is not None:
-                row[offset : offset + n].add_(g.reshape(-1).float(), alpha=1.0 / scale)
-            offset += n
+        for view, g in zip(self.row_views(self.buffer[task]), grads):
+            if g is not None:  # unused parameter (e.g. the pooler under mean pooling)
+                view.add_(g.float(), alpha=1.0 / scale)
 
     def row_views(self, row: torch.Tensor) -> list[torch.Tensor]:
         """Split a flat D-vector back into tensors shaped like the shared parameters."""
