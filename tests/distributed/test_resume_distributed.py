@@ -39,14 +39,16 @@ def test_two_rank_run_resumes_exactly(stage, method, tol, tiny_pretrained, small
         child.kill()
     proc.kill()
     proc.wait()
-    assert latest.exists() and not (parts / "metrics.json").exists(), (tmp_path / "killed.log").read_text()[
-        -3000:
-    ]
+    killed_log = (tmp_path / "killed.log").read_text()[-3000:]
+    assert latest.exists() and not (parts / "metrics.json").exists(), killed_log
     torchrun(2, *args)
     resumed = re.search(
         r"resuming at epoch \d+, micro-batch \d+, step (\d+)", (parts / "train.log").read_text()
     )
     assert resumed and 0 < int(resumed[1]) < 12
-    assert json.loads((parts / "metrics.json").read_text()) == json.loads(
-        (whole / "metrics.json").read_text()
-    )
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (parts, whole))
+    if tol == 0.0:
+        assert got == want
+    else:
+        assert got["overall"] == pytest.approx(want["overall"], abs=tol)
+        assert got["sts"]["pearson"] == pytest.approx(want["sts"]["pearson"], abs=tol)
