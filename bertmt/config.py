@@ -65,7 +65,7 @@ class DataConfig:
     max_length: int = 128  # tokens per sequence (pairs truncated longest-first)
     bucket_pool: int = 50  # length bucketing: sort inside pools of bucket_pool * batch_size examples
     strict: bool = False  # raise on the first malformed record instead of reporting and skipping it
-    cache_dir: str | None = None  # tokenised-data cache (default: <run.dir>/../.cache/bertmt)
+    cache_dir: str | None = None  # tokenised-data cache (default: $XDG_CACHE_HOME/bertmt or ~/.cache/bertmt)
     eval_batch_size: int = 128  # batch size for evaluation and prediction
 
     def __post_init__(self) -> None:
