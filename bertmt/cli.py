@@ -57,6 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from bertmt.evaluation.runs import predict_run
 
         predict_run(cfg, Path(cfg.run.dir), "test")  # dev predictions were written with the best model
+        from bertmt.evaluation.report import plot_training_curves
+
+        log.info("training curves: %s", plot_training_curves(Path(cfg.run.dir)))
     return 0
 
 

@@ -90,6 +90,15 @@ def test_tensorboard_events_hold_losses_lr_and_dev_metrics(run):
     assert len(lr) == 12 and lr[-1] < max(lr)  # logged every 2 of 24 steps, decaying after warm-up
 
 
+def test_training_curves_png(run):
+    import matplotlib.image
+
+    run_dir, _ = run
+    image = matplotlib.image.imread(run_dir / "plots" / "training_curves.png")
+    assert image.shape[0] == 450 and image.shape[1] == 1200  # 12 x 4.5 inches at 100 dpi
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
 def test_eval_reproduces_metrics_and_accepts_another_dev_file(run, data_dir, tmp_path):
     run_dir, _ = run
     proc = bertmt("eval", str(run_dir))
