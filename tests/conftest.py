@@ -73,22 +73,27 @@ def slice_file(src: Path, dst: Path, records: int) -> Path:
     return dst
 
 
+def slice_files(src: Path, dst: Path, records: dict[str, int]) -> Path:
+    """``slice_file`` for every file name -> record count in ``records``; returns ``dst``."""
+    for name, n in records.items():
+        slice_file(src / name, dst / name, n)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def small_data(data_dir, tmp_path_factory) -> Path:
     """Real SST / Quora / STS records, 160 train and 64 dev per task, 40 / 30 test rows for SST / STS."""
-    out = tmp_path_factory.mktemp("cs224n-small")
-    for name, n in [
-        ("ids-sst-train.csv", 160),
-        ("ids-sst-dev.csv", 64),
-        ("ids-sst-test-student.csv", 40),
-        ("quora-small-train.csv", 160),
-        ("quora-small-dev.csv", 64),
-        ("sts-train.csv", 160),
-        ("sts-dev.csv", 64),
-        ("sts-test-student.csv", 30),
-    ]:
-        slice_file(data_dir / name, out / name, n)
-    return out
+    counts = {
+        "ids-sst-train.csv": 160,
+        "ids-sst-dev.csv": 64,
+        "ids-sst-test-student.csv": 40,
+        "quora-small-train.csv": 160,
+        "quora-small-dev.csv": 64,
+        "sts-train.csv": 160,
+        "sts-dev.csv": 64,
+        "sts-test-student.csv": 30,
+    }
+    return slice_files(data_dir, tmp_path_factory.mktemp("cs224n-small"), counts)
 
 
 def tiny_overrides(pretrained: Path, data: Path, run_dir: Path, **extra) -> list[str]:

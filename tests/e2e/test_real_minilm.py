@@ -10,23 +10,21 @@ import json
 
 import pytest
 
-from tests.conftest import slice_file
+from tests.conftest import slice_files
 from tests.e2e.helpers import QUICKSTART, bertmt
 
 
 @pytest.fixture(scope="module")
 def real_slices(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cs224n-real")
-    for name, n in [
-        ("ids-sst-train.csv", 960),
-        ("ids-sst-dev.csv", 300),
-        ("quora-small-train.csv", 960),
-        ("quora-small-dev.csv", 300),
-        ("sts-train.csv", 960),
-        ("sts-dev.csv", 300),
-    ]:
-        slice_file(data_dir / name, out / name, n)
-    return out
+    counts = {
+        "ids-sst-train.csv": 960,
+        "ids-sst-dev.csv": 300,
+        "quora-small-train.csv": 960,
+        "quora-small-dev.csv": 300,
+        "sts-train.csv": 960,
+        "sts-dev.csv": 300,
+    }
+    return slice_files(data_dir, tmp_path_factory.mktemp("cs224n-real"), counts)
 
 
 def test_minilm_learns_all_three_tasks(real_slices, tmp_path):
