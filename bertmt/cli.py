@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,51 @@ def _summary(title: str, metrics: dict, extra: dict) -> str:
     return "\n".join(lines)
 
 
+def _plot(run_dir: Path) -> None:
+    from bertmt.evaluation.report import plot_training_curves
+
+    log.info("training curves: %s", plot_training_curves(run_dir))
+
+
+def _train_single(cfg: ExperimentConfig, start: float) -> bool:
+    from bertmt.engine.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        metrics = trainer.fit()
+        if trainer.is_main:
+            extra = {
+                "run directory": cfg.run.dir,
+                "wall time": f"{time.time() - start:.0f} s",
+                "optimiser steps": trainer.state.step,
+            }
+            print(
+                _summary(f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})", metrics, extra)
+            )
+    finally:
+        trainer.close()
+    return trainer.is_main
+
+
+def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
+    from bertmt.engine.phases import run_phases
+
+    def plot_phase(phase_cfg, trainer) -> None:
+        if trainer.is_main:
+            _plot(Path(phase_cfg.run.dir))
+
+    metrics, phases = run_phases(cfg, plot_phase)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        extra = {
+            "run directory": cfg.run.dir,
+            "wall time": f"{time.time() - start:.0f} s",
+            "phases": ", ".join(f"{p['phase']} (best epoch {p['best_epoch']})" for p in phases),
+        }
+        print(_summary(f"bertmt train: best dev metrics of phase '{phases[-1]['phase']}'", metrics, extra))
+    return is_main
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -32,34 +78,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bertmt.data.loading import check_files
 
     check_files(cfg)
-    from bertmt.engine.trainer import Trainer
-
     start = time.time()
-    trainer = Trainer(cfg)
-    try:
-        with logging_redirect_tqdm():
-            metrics = trainer.fit()
-        if trainer.is_main:
-            print(
-                _summary(
-                    f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})",
-                    metrics,
-                    {
-                        "run directory": cfg.run.dir,
-                        "wall time": f"{time.time() - start:.0f} s",
-                        "optimiser steps": trainer.state.step,
-                    },
-                )
-            )
-    finally:
-        trainer.close()
-    if trainer.is_main:
-        from bertmt.evaluation.runs import predict_run
+    with logging_redirect_tqdm():
+        is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
+    if is_main:
+        from bertmt.evaluation.runs import evaluate_run, predict_run
 
-        predict_run(cfg, Path(cfg.run.dir), "test")  # dev predictions were written with the best model
-        from bertmt.evaluation.report import plot_training_curves
-
-        log.info("training curves: %s", plot_training_curves(Path(cfg.run.dir)))
+        run_dir = Path(cfg.run.dir)
+        predict_run(cfg, run_dir, "test")  # dev predictions were written with the best model
+        if not cfg.phases:
+            _plot(run_dir)
+        evaluate_run(cfg, run_dir, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
     return 0
 
 
@@ -74,7 +103,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bertmt.evaluation.runs import evaluate_run
 
     cfg = _run_config(args.run_dir, args.overrides)
-    metrics, out = evaluate_run(cfg, Path(args.run_dir))
+    run_dir = Path(args.run_dir)
+    metrics, out = evaluate_run(cfg, run_dir, reports=True)
+    for done in [run_dir, *sorted((run_dir / "phases").glob("*"))]:  # training curves of what trained
+        if (done / "history.json").is_file() and (done / "tensorboard").is_dir():
+            _plot(done)
     print(_summary(f"bertmt eval {args.run_dir}", metrics, {"written": out}))
     return 0
 

@@ -35,15 +35,36 @@ class RunConfig:
 
 
 @dataclass
+class PalConfig:
+    """Projected attention layers (Stickland & Murray 2019): a low-rank attention per task in every layer."""
+
+    enabled: bool = False  # add PALs (zero-initialised output: the encoder's output is unchanged at first)
+    size: int = 204  # width of the low-rank space (V_E: hidden -> size, V_D: size -> hidden)
+    heads: int = 12  # attention heads inside the low-rank space
+    shared: bool = True  # one V_E / V_D per task shared by all layers (False: one per layer)
+
+    def __post_init__(self) -> None:
+        _check(self.size >= 1, "model.pals.size", "an integer >= 1", self.size)
+        _check(
+            self.heads >= 1 and self.size % self.heads == 0,
+            "model.pals.heads",
+            f"a divisor of model.pals.size ({self.size})",
+            self.heads,
+        )
+
+
+@dataclass
 class ModelConfig:
     pretrained: str = (
         "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
     )
     attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: sdpa (measured faster, bench/)
-    pooling: Literal["mean", "cls", "pooler"] = "mean"  # sentence vector fed to each head
+    pooling: Literal["mean", "cls", "pooler", "attention"] = "mean"  # sentence vector of each head
+    # (attention: learned multiplicative attention over the tokens, per task)
     head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
     dropout: float = 0.1  # dropout before every head layer
-    pair_encoding: Literal["cross"] = "cross"  # sentence pairs as one "[CLS] a [SEP] b [SEP]" sequence
+    pair_encoding: Literal["cross", "siamese"] = "cross"  # default for pair tasks (see TaskConfig)
+    pals: PalConfig = field(default_factory=PalConfig)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "a float in [0, 1)", self.dropout)
@@ -57,6 +78,13 @@ class TaskConfig:
     test: str | None = None  # test file (no labels), used by `bertmt predict --split test`
     batch_size: int = 32  # training micro-batch size of this task, per rank
     weight: float = 1.0  # multiplier on this task's loss
+    type: str | None = None  # registry task whose format and head this dataset has (default: the key)
+    head: str | None = None  # share the head (and PALs) of this other configured task (same label space)
+    sample_weight: float = 1.0  # multiplier on this dataset's sampling probability (not for round_robin)
+    pair_encoding: Literal["cross", "siamese"] | None = None  # pair tasks (default model.pair_encoding):
+    # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
+    pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
+    # the cosine similarity with a learnable scale (regression: clipped to the label range), or both
 
 
 @dataclass
@@ -107,10 +135,13 @@ class TrainConfig:
     initial_scale_power: int = 16  # fp16 initial loss scale 2**power
     loss_scale_hysteresis: int = 2  # fp16: overflows in a row before the loss scale is lowered
     dist_timeout_s: int = 600  # a collective waiting longer than this fails (a crashed rank ends the run)
+    freeze_encoder: bool = False  # train only task-specific parameters (heads, PALs)
+    patience: int | None = None  # stop after this many epochs without a better dev overall score
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        _check(self.patience is None or self.patience >= 1, "train.patience", "null or >= 1", self.patience)
         _check(
             self.batches_per_epoch is None or self.batches_per_epoch >= 1,
             "train.batches_per_epoch",
@@ -151,12 +182,38 @@ class ScheduleConfig:
 
 
 @dataclass
+class SmartConfig:
+    """SMART (Jiang et al. 2020): adversarial smoothness on the embedding output + Bregman proximal point."""
+
+    weight: float = 0.0  # lambda_s on the adversarial term (0: off)
+    steps: int = 1  # K projected ascent steps on the perturbation
+    noise: float = 1e-5  # sigma of the initial Gaussian perturbation
+    step_size: float = 1e-3  # eta of each ascent step (along g / ||g||_inf per token)
+    epsilon: float = 1e-5  # the perturbation is projected onto ||delta||_inf <= epsilon
+    bregman_weight: float = 0.0  # mu on the proximal term against the momentum teacher (0: off)
+    teacher_beta: float = 0.99  # teacher <- beta * teacher + (1 - beta) * model after each optimiser step
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "bregman_weight"):
+            _check(getattr(self, key) >= 0, f"mtl.smart.{key}", "a float >= 0", getattr(self, key))
+        for key in ("noise", "step_size", "epsilon"):
+            _check(getattr(self, key) > 0, f"mtl.smart.{key}", "a positive float", getattr(self, key))
+        _check(self.steps >= 1, "mtl.smart.steps", "an integer >= 1", self.steps)
+        _check(0 <= self.teacher_beta < 1, "mtl.smart.teacher_beta", "a float in [0, 1)", self.teacher_beta)
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or self.bregman_weight > 0
+
+
+@dataclass
 class MtlConfig:
     method: Literal["none", "pcgrad", "gradvac"] = "none"  # gradient surgery on the shared encoder
     surgery: bool = False  # per-task gradients even for method none (weights = sum/mean); implied by a method
     reduction: Literal["sum", "mean"] = "sum"  # combine the (projected) task gradients by sum or mean
     beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
     reduce: Literal["all_reduce", "reduce_scatter"] = "reduce_scatter"  # how the T x D buffer crosses ranks
+    smart: SmartConfig = field(default_factory=SmartConfig)
 
     def __post_init__(self) -> None:
         _check(0 < self.beta <= 1, "mtl.beta", "a float in (0, 1]", self.beta)
@@ -177,12 +234,12 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     mtl: MtlConfig = field(default_factory=MtlConfig)
+    # training phases, run in order, each a name plus overrides of the sections above (see engine/phases.py)
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from bertmt.data.tasks import TASKS
-
-        for name in self.tasks:
-            _check(name in TASKS, f"tasks.{name}", f"a task name, one of {sorted(TASKS)}", name)
+        for name, task in self.tasks.items():
+            self._check_task(name, task)
         _check(bool(self.tasks), "tasks", "at least one task", self.tasks)
         _check(
             any(t.train for t in self.tasks.values()),
@@ -203,11 +260,84 @@ class ExperimentConfig:
             self.schedule.epoch_task,
         )
         _check(
+            not (self.mtl.per_task and self.train.freeze_encoder),
+            "mtl.method",
+            "none with train.freeze_encoder=true (surgery acts on the encoder's gradient)",
+            self.mtl.method,
+        )
+        _check(
+            self.schedule.kind != "round_robin" or all(t.sample_weight == 1 for t in self.tasks.values()),
+            "schedule.kind",
+            "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
+            self.schedule.kind,
+        )
+        _check(
+            not (self.mtl.smart.bregman_weight > 0 and self.train.zero_stage == 3),
+            "mtl.smart.bregman_weight",
+            "0 with train.zero_stage=3 (the momentum teacher is a whole copy of the model)",
+            self.mtl.smart.bregman_weight,
+        )
+        _check(
             not (self.mtl.per_task and self.train.zero_stage == 3),
             "mtl.method",
             "none with train.zero_stage=3 (per-task gradients need whole parameters: ZeRO 0-2)",
             self.mtl.method,
         )
+
+    def _check_task(self, name: str, task: TaskConfig) -> None:
+        from bertmt.data.tasks import TASKS
+
+        _check(task.batch_size >= 1, f"tasks.{name}.batch_size", "an integer >= 1", task.batch_size)
+        _check(task.sample_weight > 0, f"tasks.{name}.sample_weight", "a positive float", task.sample_weight)
+        kind = task.type or name
+        _check(
+            kind in TASKS,
+            f"tasks.{name}.type" if task.type else f"tasks.{name}",
+            f"a task name, one of {sorted(TASKS)} (an extra dataset names its format with 'type')",
+            kind,
+        )
+        spec = TASKS[kind]
+        if task.head is not None:
+            other = self.tasks.get(task.head)
+            _check(
+                other is not None and other.head is None and task.head != name,
+                f"tasks.{name}.head",
+                f"another configured task that has its own head, one of {sorted(self.tasks)}",
+                task.head,
+            )
+            other_spec = TASKS[other.type or task.head]
+            _check(
+                (other_spec.kind, other_spec.output_size) == (spec.kind, spec.output_size),
+                f"tasks.{name}.head",
+                f"a task with the same label space ({spec.kind}, {spec.output_size} outputs)",
+                task.head,
+            )
+        if self.pair_encoding(name) == "siamese":
+            _check(spec.is_pair, f"tasks.{name}.pair_encoding", "cross for a single-sentence task", "siamese")
+            _check(
+                task.pair_features == "concat" or spec.output_size <= 2,
+                f"tasks.{name}.pair_features",
+                "concat for a task with more than 2 outputs",
+                task.pair_features,
+            )
+
+    def task_spec(self, name: str):
+        """The TaskSpec of configured dataset ``name`` (its registry type's format, under its own name)."""
+        from bertmt.data.tasks import TASKS
+
+        return dataclasses.replace(TASKS[self.tasks[name].type or name], name=name)
+
+    def head_of(self, name: str) -> str:
+        """The head (and PALs) dataset ``name`` trains: its own, or the one named by tasks.<name>.head."""
+        return self.tasks[name].head or name
+
+    def pair_encoding(self, name: str) -> str | None:
+        """cross or siamese for a pair task, None for a single-sentence task."""
+        from bertmt.data.tasks import TASKS
+
+        if not TASKS[self.tasks[name].type or name].is_pair:
+            return None
+        return self.tasks[name].pair_encoding or self.model.pair_encoding
 
     def task_path(self, task: str, split: str) -> Path | None:
         """The file of a task's split, resolved against data.dir (None if the split is not configured)."""
@@ -229,6 +359,8 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
 def _build(tp: Any, value: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type ``tp``, raising ConfigError with the dotted key."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -320,7 +452,53 @@ def load_config(
             with open(path) as fp:
                 tree = yaml.safe_load(fp) or {}
     apply_overrides(tree, list(overrides))
-    return _build_dataclass(ExperimentConfig, tree, "")
+    cfg = _build_dataclass(ExperimentConfig, tree, "")
+    phase_configs(cfg)  # every phase's resolved config is checked now, not when the phase starts
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- phases
+
+PHASE_SECTIONS = ("model", "data", "tasks", "optim", "train", "schedule", "mtl")
+PHASE_MODEL_KEYS = ("pals", "dropout")  # the rest of the architecture is fixed across phases
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """The resolved config of every phase: the base config with the phase's sections merged over it.
+
+    Phase ``i`` runs in ``<run.dir>/phases/<i+1>-<name>``. Errors name ``phases[i]`` and the key.
+    """
+    base = to_dict(cfg)
+    base.pop("phases")
+    out, names = [], set()
+    for i, phase in enumerate(cfg.phases):
+        key = f"phases[{i}]"
+        _check(isinstance(phase, dict), key, "a mapping with a name and config sections", phase)
+        name = phase.get("name")
+        _check(isinstance(name, str) and name.isidentifier(), f"{key}.name", "an identifier", name)
+        _check(name not in names, f"{key}.name", "a name not used by another phase", name)
+        names.add(name)
+        sections = {k: v for k, v in phase.items() if k != "name"}
+        for section, value in sections.items():
+            _check(section in PHASE_SECTIONS, f"{key}.{section}", f"one of {list(PHASE_SECTIONS)}", section)
+            _check(isinstance(value, dict), f"{key}.{section}", "a mapping", value)
+        for sub in sections.get("model", {}):
+            _check(sub in PHASE_MODEL_KEYS, f"{key}.model.{sub}", f"one of {list(PHASE_MODEL_KEYS)}", sub)
+        tree = _merge(base, sections)
+        tree["run"]["dir"] = str(Path(cfg.run.dir) / "phases" / f"{i + 1}-{name}")
+        try:
+            out.append((name, _build_dataclass(ExperimentConfig, tree, "")))
+        except ConfigError as exc:
+            raise ConfigError(f"{key} ('{name}'): {exc}") from exc
+    return out
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

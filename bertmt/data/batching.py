@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from bertmt.data.readers import TaskData
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -27,16 +27,19 @@ class Encoded:
     token_types: np.ndarray  # (total_tokens,) int8
     offsets: np.ndarray  # (N + 1,) int64, row i is [offsets[i], offsets[i+1])
     labels: np.ndarray | None  # (N,) float32 or None
+    second: Encoded | None = None  # siamese pairs: the second sentences (this one holds the first)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """Tokens per row (siamese pairs: both sentences), the cost that length bucketing evens out."""
+        own = np.diff(self.offsets)
+        return own if self.second is None else own + self.second.lengths
 
 
-def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
+def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool) -> str:
     stat = os.stat(data.path)
     h = hashlib.sha256()
     for part in (
@@ -45,6 +48,7 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
         stat.st_size,
         stat.st_mtime_ns,
         max_length,
+        siamese,
         len(data),
         tokenizer.to_str(),
     ):
@@ -52,31 +56,49 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int) -> str:
     return h.hexdigest()[:24]
 
 
-def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str | Path | None) -> Encoded:
-    """Tokenise every record of ``data`` (pairs as one sequence), reusing an on-disk cache when present."""
-    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # before the key: part of it
-    path = (
-        Path(cache_dir) / f"{data.task}-{_cache_key(data, tokenizer, max_length)}.pt" if cache_dir else None
-    )
-    if path is not None and path.is_file():
-        cached = torch.load(path, weights_only=False)
-        return Encoded(**cached)
-    inputs = [t if len(t) == 2 else t[0] for t in data.texts]
+def _tokenise(tokenizer: Tokenizer, inputs: list, ids: list[str], labels: np.ndarray | None) -> Encoded:
     encodings = tokenizer.encode_batch(inputs)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    enc = Encoded(
-        ids=list(data.ids),
+    return Encoded(
+        ids=ids,
         input_ids=np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=offsets[-1]),
         token_types=np.fromiter((i for e in encodings for i in e.type_ids), dtype=np.int8, count=offsets[-1]),
         offsets=offsets,
-        labels=None if data.labels is None else np.asarray(data.labels, dtype=np.float32),
+        labels=labels,
     )
+
+
+def encode(
+    data: TaskData,
+    tokenizer: Tokenizer,
+    max_length: int,
+    cache_dir: str | Path | None,
+    siamese: bool = False,
+) -> Encoded:
+    """Tokenise every record of ``data`` (pairs as one sequence, or each sentence alone when ``siamese``),
+    reusing an on-disk cache when present."""
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # before the key: part of it
+    key = _cache_key(data, tokenizer, max_length, siamese)
+    path = Path(cache_dir) / f"{data.task}-{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        cached = torch.load(path, weights_only=False)
+        second = cached.pop("second")
+        return Encoded(**cached, second=None if second is None else Encoded(**second))
+    labels = None if data.labels is None else np.asarray(data.labels, dtype=np.float32)
+    ids = list(data.ids)
+    if siamese:
+        enc = _tokenise(tokenizer, [t[0] for t in data.texts], ids, labels)
+        enc.second = _tokenise(tokenizer, [t[1] for t in data.texts], ids, None)
+    else:
+        enc = _tokenise(tokenizer, [t if len(t) == 2 else t[0] for t in data.texts], ids, labels)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(enc.__dict__, tmp)
+        state = dict(enc.__dict__, second=None if enc.second is None else enc.second.__dict__)
+        torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written cache
+    lengths = enc.lengths
     log.info(
         "%s: tokenised %d records from %s (mean %.1f tokens, max %d)",
         data.task,
@@ -89,8 +111,9 @@ def encode(data: TaskData, tokenizer: Tokenizer, max_length: int, cache_dir: str
 
 
 def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """Pad the given rows to their longest member (dynamic padding)."""
-    lengths = enc.lengths[rows]
+    """Pad the given rows to their longest member (dynamic padding). Siamese pairs add ``input_ids_b`` and
+    ``attention_mask_b`` (the second sentences)."""
+    lengths = np.diff(enc.offsets)[rows]
     width = int(lengths.max())
     input_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, L), 0 = [PAD]
     token_types = torch.zeros(len(rows), width, dtype=torch.long)
@@ -108,7 +131,18 @@ def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     }
     if enc.labels is not None:
         batch["labels"] = torch.from_numpy(enc.labels[rows])
+    if enc.second is not None:
+        second = collate(enc.second, rows)
+        batch["input_ids_b"], batch["attention_mask_b"] = second["input_ids"], second["attention_mask"]
     return batch
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b")
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The tensors of a collated batch that the model takes, on ``device``."""
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
 def bucketed_batches(

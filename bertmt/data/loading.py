@@ -9,8 +9,7 @@ from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig
 from bertmt.data.batching import Encoded, encode
-from bertmt.data.readers import DataError, read_task_file
-from bertmt.data.tasks import get_task
+from bertmt.data.readers import DataError, TaskData, read_task_file
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path:
@@ -19,13 +18,23 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertmt"
 
 
-def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenizer) -> Encoded | None:
-    """The tokenised records of ``task``'s ``split`` file, or None when the config names no such file."""
+def read_split(cfg: ExperimentConfig, task: str, split: str) -> TaskData | None:
+    """The valid records of ``task``'s ``split`` file, or None when the config names no such file."""
     path = cfg.task_path(task, split)
     if path is None:
         return None
-    data = read_task_file(path, get_task(task), labelled=split != "test", strict=cfg.data.strict)
-    return encode(data, tokenizer, cfg.data.max_length, cache_dir(cfg))
+    return read_task_file(path, cfg.task_spec(task), labelled=split != "test", strict=cfg.data.strict)
+
+
+def encode_split(cfg: ExperimentConfig, task: str, data: TaskData, tokenizer: Tokenizer) -> Encoded:
+    siamese = cfg.pair_encoding(task) == "siamese"
+    return encode(data, tokenizer, cfg.data.max_length, cache_dir(cfg), siamese)
+
+
+def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenizer) -> Encoded | None:
+    """The tokenised records of ``task``'s ``split`` file, or None when the config names no such file."""
+    data = read_split(cfg, task, split)
+    return None if data is None else encode_split(cfg, task, data, tokenizer)
 
 
 def check_files(cfg: ExperimentConfig) -> None:

@@ -7,6 +7,7 @@ resumed run needs no state beyond its position. Sampling kinds:
 - ``random``: uniform; ``proportional``: p_k ~ N_k; ``sqrt``: p_k ~ sqrt(N_k);
 - ``annealed`` (Stickland & Murray 2019): p_k ~ N_k ** alpha, alpha = 1 - 0.8 (e - 1) / (E - 1), e = 1..E.
 
+``weights`` multiply each task's probability (extra datasets sampled less or more), then renormalise.
 ``max_repeats`` caps how many passes over one task's data an epoch may draw; a capped task drops out and the
 others share its probability.
 """
@@ -29,6 +30,7 @@ class TaskSchedule:
         epochs: int,
         seed: int = 0,
         max_repeats: float | None = None,
+        weights: dict[str, float] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown task schedule '{kind}': expected one of {list(KINDS)}")
@@ -36,6 +38,7 @@ class TaskSchedule:
             raise ValueError("a task schedule needs at least one task")
         self.kind, self.tasks, self.epochs, self.seed = kind, list(sizes), epochs, seed
         self.sizes = np.array([sizes[t] for t in self.tasks], dtype=np.float64)
+        self.weights = np.array([(weights or {}).get(t, 1.0) for t in self.tasks], dtype=np.float64)
         self.caps = (
             None
             if max_repeats is None
@@ -55,7 +58,7 @@ class TaskSchedule:
             "round_robin": 0.0,
             "annealed": self.alpha(epoch) if self.kind == "annealed" else 1.0,
         }[self.kind]
-        p = self.sizes**power
+        p = self.weights * self.sizes**power
         return p / p.sum()
 
     def _draw_epoch(self, epoch: int, length: int) -> tuple[int, ...]:

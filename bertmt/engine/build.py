@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from bertmt.config import ExperimentConfig
-from bertmt.data.tasks import get_task
 from bertmt.model import BertConfig, BertModel, load_encoder
-from bertmt.model.multitask import MultitaskModel
+from bertmt.model.multitask import HeadSpec, MultitaskModel, PalSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +21,58 @@ def attention_impl(cfg: ExperimentConfig) -> str:
     return "sdpa" if cfg.model.attention == "auto" else cfg.model.attention
 
 
+def head_specs(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
+    """One head per dataset that has no ``head:`` of its own (the others share one of these)."""
+    out = {}
+    for name in cfg.tasks:
+        if cfg.tasks[name].head is not None:
+            continue
+        spec = cfg.task_spec(name)
+        siamese = cfg.pair_encoding(name) == "siamese"
+        out[name] = HeadSpec(
+            out_size=spec.output_size,
+            pair_features=cfg.tasks[name].pair_features if siamese else None,
+            output_bias=sum(spec.label_range) / 2 if spec.label_range else 0.0,  # regression: mid-range
+            label_range=spec.label_range,
+        )
+    return out
+
+
 def _assemble(cfg: ExperimentConfig, encoder: BertModel) -> MultitaskModel:
-    specs = [get_task(task) for task in cfg.tasks]
-    sizes = {s.name: s.output_size for s in specs}
-    bias = {s.name: sum(s.label_range) / 2 for s in specs if s.label_range}  # regression starts mid-range
+    pals = cfg.model.pals
     torch.manual_seed(cfg.run.seed)  # heads start the same on every rank and on every rerun
-    model = MultitaskModel(encoder, sizes, cfg.model.pooling, cfg.model.head_hidden, cfg.model.dropout, bias)
-    log.info("randomly initialised (not in the checkpoint): heads for %s", sorted(sizes))
+    return MultitaskModel(
+        encoder,
+        head_specs(cfg),
+        cfg.model.pooling,
+        cfg.model.head_hidden,
+        cfg.model.dropout,
+        head_of={t: cfg.head_of(t) for t in cfg.tasks},
+        pals=PalSpec(pals.size, pals.heads, pals.shared) if pals.enabled else None,
+    )
+
+
+def build_model(cfg: ExperimentConfig, init_from: Path | None = None) -> MultitaskModel:
+    """The model of ``cfg``: pretrained encoder + fresh heads, or (``init_from``) the weights of an earlier
+    phase's best model, where only PALs may be missing (they start at zero: the output is unchanged).
+    Parameters that this config does not train (``train.freeze_encoder``) get ``requires_grad=False``."""
+    encoder = load_encoder(cfg.model.pretrained, attention=attention_impl(cfg))
+    model = _assemble(cfg, encoder)
+    if init_from is None:
+        log.info("randomly initialised (not in the checkpoint): heads %s", sorted(model.heads))
+    else:
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(str(init_from)), strict=False)
+        bad = [k for k in missing if not k.startswith("pals.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"{init_from} does not fit this phase's model: {bad[:5]} ...")
+        log.info("weights from %s%s", init_from, " (PALs added at zero)" if missing else "")
+    if cfg.train.freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+        log.info("encoder frozen: training heads%s only", " and PALs" if model.pals is not None else "")
     return model
-
-
-def build_model(cfg: ExperimentConfig) -> MultitaskModel:
-    return _assemble(cfg, load_encoder(cfg.model.pretrained, attention=attention_impl(cfg)))
 
 
 def save_encoder_config(model: MultitaskModel, path: Path) -> None:
@@ -51,12 +90,6 @@ def load_trained(cfg: ExperimentConfig, run_dir: Path) -> MultitaskModel:
         )
     enc_cfg = BertConfig.from_dict(json.loads((run_dir / "encoder_config.json").read_text()))
     enc_cfg.attention = attention_impl(cfg)
-    model = MultitaskModel(
-        BertModel(enc_cfg),
-        {t: get_task(t).output_size for t in cfg.tasks},
-        cfg.model.pooling,
-        cfg.model.head_hidden,
-        cfg.model.dropout,
-    )
+    model = _assemble(cfg, BertModel(enc_cfg))
     model.load_state_dict(load_file(str(best / "model.safetensors")))
     return model.eval()

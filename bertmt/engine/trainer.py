@@ -17,10 +17,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bertmt.config import ExperimentConfig, save_config
-from bertmt.data.batching import TaskSampler
+from bertmt.data.batching import TaskSampler, model_inputs
 from bertmt.data.loading import load_split
 from bertmt.data.schedule import TaskSchedule
-from bertmt.data.tasks import get_task
 from bertmt.engine import checkpoint as ckpt
 from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
@@ -29,8 +28,9 @@ from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import SurgeryStep
-from bertmt.evaluation.predict import evaluate_tasks, write_predictions
+from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.model import load_tokenizer
+from bertmt.mtl.smart import Smart
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,22 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    """One training run (or one phase of a phased run, see engine/phases.py) in ``cfg.run.dir``.
+
+    ``init_from``: start from these weights (an earlier phase's best model) instead of the pretrained encoder
+    with fresh heads; ignored when the run directory has a checkpoint to resume from.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, init_from: Path | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.rank, self.world = init_distributed(cfg.train.dist_timeout_s)
         self.is_main = self.rank == 0
         setup_logging(self.run_dir, self.rank)
-        self.specs = {t: get_task(t) for t in cfg.tasks}
+        self.specs = {t: cfg.task_spec(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()
-        model = build_model(cfg)
+        model = build_model(cfg, init_from)
         self.total_steps = cfg.train.epochs * self.batches_per_epoch // cfg.train.grad_accum
         optimizer, lr_schedule = build_optimizer(model, cfg.optim, self.total_steps)
         self.ds_config = build_deepspeed_config(cfg, self.world)
@@ -74,6 +80,7 @@ class Trainer:
             if cfg.mtl.per_task
             else None
         )
+        self.smart = Smart(self.engine.module, cfg.mtl.smart) if cfg.mtl.smart.enabled else None
         self.state = TrainState(drawn={t: 0 for t in self.samplers})
         self._resume()
         self.writer = MetricWriter(self.run_dir / "tensorboard" if self.is_main else None, self.state.step)
@@ -104,6 +111,7 @@ class Trainer:
             cfg.train.epochs,
             cfg.run.seed,
             sched.max_repeats,
+            {t: cfg.tasks[t].sample_weight for t in self.samplers},
         )
         per_epoch = self._epoch_length()
         accum = cfg.train.grad_accum
@@ -147,6 +155,8 @@ class Trainer:
         self.state = TrainState(**client["trainer"])
         if self.surgery is not None:
             self.surgery.load_state_dict(client["surgery"])
+        if self.smart is not None:
+            self.smart.load_state_dict(client.get("smart", {}))
         for task, sampler in self.samplers.items():
             sampler.drawn = self.state.drawn[task]
         log.info(
@@ -158,30 +168,50 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
 
-    def train_step(self, task: str, boundary: bool) -> tuple[float, int]:
-        """Forward and backward on a micro-batch of ``task``; the optimiser steps at accumulation ends."""
-        batch = {k: v.to(self.engine.device) for k, v in self.samplers[task].next().items()}
-        inputs = (task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        weight = self.cfg.tasks[task].weight
+    def train_step(self, task: str, boundary: bool) -> tuple[dict[str, float], int]:
+        """Forward and backward on a micro-batch of ``task``; the optimiser steps at accumulation ends.
+        Returns the loss (and SMART terms) for logging and the number of real tokens."""
+        batch = self.samplers[task].next()
+        inputs = model_inputs(batch, self.engine.device)
+        labels = batch["labels"].to(self.engine.device)
+        spec, weight = self.specs[task], self.cfg.tasks[task].weight
+        # surgery needs autograd.grad, which engine.forward's hooks break: it runs the bare module
+        model = self.engine if self.surgery is None else self.engine.module
+        outputs = model(task, **inputs)
+        loss = task_loss(spec, outputs, labels)
+        logged = {"loss": loss.item()}
+        total = loss
+        if self.smart is not None:
+            extra, parts = self.smart.loss(
+                spec, lambda: self.engine.module(task, **inputs), inputs, task, outputs
+            )
+            total, logged = loss + extra, logged | parts
         if self.surgery is None:
-            loss = task_loss(self.specs[task], self.engine(*inputs), batch["labels"])
-            self.engine.backward(loss * weight)  # DeepSpeed divides by grad_accum, steps at boundaries
+            self.engine.backward(total * weight)  # DeepSpeed divides by grad_accum, steps at boundaries
             self.engine.step()
         else:
-            loss = task_loss(self.specs[task], self.engine.module(*inputs), batch["labels"])
-            self.surgery.micro_step(task, loss * weight / self.cfg.train.grad_accum)
+            self.surgery.micro_step(task, total * weight / self.cfg.train.grad_accum)
             if boundary:
                 self.surgery.optimizer_step()
-        return loss.item(), int(batch["attention_mask"].sum())
+        if boundary and self.smart is not None:
+            self.smart.update_teacher()
+        return logged, int(inputs["attention_mask"].sum())
 
     def fit(self) -> dict:
-        """Train the remaining epochs; returns the best dev metrics (the content of metrics.json)."""
+        """Train the remaining epochs (or until ``train.patience`` epochs bring no better dev score);
+        returns the best dev metrics (the content of metrics.json)."""
         start = time.time()
         self.engine.train()
-        while self.state.epoch < self.cfg.train.epochs:
+        while self.state.epoch < self.cfg.train.epochs and not self.out_of_patience():
             self._train_epoch()
             self._end_epoch()
+        if self.state.epoch < self.cfg.train.epochs:
+            log.info("early stop: no better dev score for %d epoch(s)", self.cfg.train.patience)
         return self._finish(time.time() - start)
+
+    def out_of_patience(self) -> bool:
+        st, patience = self.state, self.cfg.train.patience
+        return patience is not None and st.best_epoch > 0 and st.epoch - st.best_epoch >= patience
 
     def _train_epoch(self) -> None:
         cfg, st, n = self.cfg, self.state, self.batches_per_epoch
@@ -197,9 +227,10 @@ class Trainer:
         while st.index < n:
             task = self.schedule.task_at(st.epoch, st.index, n)
             boundary = (st.index + 1) % cfg.train.grad_accum == 0
-            loss, n_tokens = self.train_step(task, boundary)
-            sums[task] += loss
-            counts[task] += 1
+            logged, n_tokens = self.train_step(task, boundary)
+            for name, value in logged.items():
+                sums[f"{task}/{name}"] += value
+                counts[f"{task}/{name}"] += 1
             tokens += n_tokens
             st.index += 1
             bar.update()
@@ -208,23 +239,26 @@ class Trainer:
             st.step += 1
             if st.step % cfg.run.log_every == 0:
                 means = self._log_train(sums, counts, tokens / (time.time() - t0))
-                bar.set_postfix({t: f"{v:.3f}" for t, v in means.items()})
+                bar.set_postfix(
+                    {k.split("/")[0]: f"{v:.3f}" for k, v in means.items() if k.endswith("/loss")}
+                )
                 sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
             if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 and st.index < n:
                 self.save_checkpoint()
         bar.close()
 
     def _global_means(self, sums: dict, counts: dict) -> dict[str, float]:
-        """Per-task mean loss over all ranks (one small all-reduce)."""
-        tasks = list(self.samplers)
-        stats = torch.tensor([[sums[t], counts[t]] for t in tasks], dtype=torch.float64)
+        """Mean of each ``task/quantity`` over all ranks (one small all-reduce). Every rank trains the same
+        task sequence, so every rank has the same keys."""
+        keys = [f"{t}/{q}" for t in self.samplers for q in ("loss", "smart_adv", "smart_prox")]
+        stats = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64)
         if self.world > 1:
             dist.all_reduce(stats)
-        return {t: float(s / c) for t, (s, c) in zip(tasks, stats.tolist()) if c > 0}
+        return {k: float(s / c) for k, (s, c) in zip(keys, stats.tolist()) if c > 0}
 
     def _log_train(self, sums: dict, counts: dict, tokens_per_s: float) -> dict[str, float]:
         means = self._global_means(sums, counts)
-        scalars = {f"train/{t}/loss": v for t, v in means.items()}
+        scalars = {f"train/{k}": v for k, v in means.items()}
         scalars["train/lr"] = self.engine.get_lr()[0]
         scalars["train/tokens_per_s"] = tokens_per_s * self.world
         if self.cfg.train.precision == "fp16":
@@ -237,7 +271,7 @@ class Trainer:
             "step %d/%d  %s  lr %.2e  %.0f tok/s",
             self.state.step,
             self.total_steps,
-            "  ".join(f"{t} {v:.4f}" for t, v in means.items()),
+            "  ".join(f"{k.split('/')[0]} {v:.4f}" for k, v in means.items() if k.endswith("/loss")),
             scalars["train/lr"],
             scalars["train/tokens_per_s"],
         )
@@ -268,7 +302,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Dev metrics of the current model, each example scored once across ranks; logged to TensorBoard."""
-        results, self._dev_preds = evaluate_tasks(
+        results, self._dev_outputs = evaluate_tasks(
             self.engine.module,
             self.specs,
             self.dev,
@@ -285,12 +319,12 @@ class Trainer:
         if self.is_main:
             info = {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results}
             ckpt.save_best(state, self.run_dir / "best", info)
-            for task, preds in self._dev_preds.items():
+            for task, outputs in self._dev_outputs.items():
                 write_predictions(
                     self.run_dir / "predictions" / f"{task}-dev.csv",
                     self.specs[task],
                     self.dev[task].ids,
-                    preds,
+                    to_predictions(self.specs[task], outputs),
                 )
 
     def save_checkpoint(self) -> None:
@@ -299,6 +333,8 @@ class Trainer:
         client = {"trainer": dataclasses.asdict(st)}
         if self.surgery is not None:
             client["surgery"] = self.surgery.state_dict()
+        if self.smart is not None:
+            client["smart"] = self.smart.state_dict()
         ckpt.save_checkpoint(self.engine, self.run_dir / "checkpoints", f"step-{st.step}", client)
 
     def _finish(self, seconds: float) -> dict:
@@ -312,11 +348,11 @@ class Trainer:
         )
         return metrics
 
-    def close(self) -> None:
-        """Release the engine and the process group (avoids gloo aborts at exit)."""
+    def close(self, keep_process_group: bool = False) -> None:
+        """Release the engine and (unless another phase follows) the process group: avoids gloo aborts."""
         self.writer.close()
         self.engine.destroy()
-        if dist.is_initialized():
+        if dist.is_initialized() and not keep_process_group:
             dist.destroy_process_group()
 
 

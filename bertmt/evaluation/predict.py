@@ -12,16 +12,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from bertmt.data.batching import Encoded, collate, eval_batches
+from bertmt.data.batching import Encoded, collate, eval_batches, model_inputs
 from bertmt.data.tasks import TaskSpec
 
 
-def to_predictions(spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
-    """Class ids for classification; regression values clipped to the task's label range (STS: 0-5)."""
+def to_predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
+    """Class ids for classification; regression values clipped to the task's label range (STS: 0-5).
+    ``outputs``: (N, out_size) raw head outputs."""
     if spec.kind == "classification":
         return outputs.argmax(-1)
-    out = outputs.squeeze(-1).float()
-    return out.clamp(*spec.label_range) if spec.label_range else out
+    out = outputs[:, 0]
+    return out.clip(*spec.label_range) if spec.label_range else out
 
 
 def _shard() -> tuple[int, int]:
@@ -39,32 +40,27 @@ def predict(
     device: torch.device,
     show_progress: bool = True,
 ) -> np.ndarray:
-    """Predictions for every row of ``enc``, in row order. Under torch.distributed each rank scores every
-    world-th batch and one all-reduce gathers them: every example is scored exactly once. Every rank runs the
-    same number of forward passes (a rank short of a batch repeats one and drops the result): ZeRO-3 gathers
-    parameters collectively inside each forward."""
+    """Raw head outputs (N, out_size) for every row of ``enc``, in row order.
+
+    Under torch.distributed each rank scores every world-th batch and one all-reduce gathers them: every
+    example is scored exactly once. Every rank runs the same number of forward passes (a rank short of a
+    batch repeats one and drops the result): ZeRO-3 gathers parameters collectively inside each forward."""
     rank, world = _shard()
     was_training = model.training
     model.eval()
-    preds = torch.zeros(len(enc), dtype=torch.float64)
+    outputs = torch.zeros(len(enc), spec.output_size, dtype=torch.float64)
     every = eval_batches(enc.lengths, batch_size)
     mine = every[rank::world]
     rounds = -(-len(every) // world)
     for i in tqdm(range(rounds), desc=f"eval {spec.name}", disable=not show_progress, leave=False):
         rows = mine[i] if i < len(mine) else every[0]
-        batch = collate(enc, rows)
-        out = model(
-            spec.name,
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            batch["token_type_ids"].to(device),
-        )
+        out = model(spec.name, **model_inputs(collate(enc, rows), device))
         if i < len(mine):
-            preds[torch.from_numpy(rows)] = to_predictions(spec, out.float()).cpu().double()
+            outputs[torch.from_numpy(rows)] = out.float().cpu().double()
     model.train(was_training)
     if world > 1:
-        dist.all_reduce(preds)  # rows are disjoint across ranks: the sum is the gather
-    return preds.numpy()
+        dist.all_reduce(outputs)  # rows are disjoint across ranks: the sum is the gather
+    return outputs.numpy()
 
 
 def write_predictions(path: str | Path, spec: TaskSpec, ids: list[str], preds: np.ndarray) -> None:
@@ -88,13 +84,14 @@ def evaluate_tasks(
     device: torch.device,
     show_progress: bool = True,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Dev metrics in the metrics.json form ``{task: {metric: value}, "overall": score}`` and predictions."""
+    """Dev metrics in the metrics.json form ``{task: {metric: value}, "overall": score}`` and the raw
+    outputs per task."""
     from bertmt.evaluation.metrics import overall_score, task_metrics
 
     results: dict = {}
-    preds = {}
+    outputs = {}
     for task, enc in encoded.items():
-        preds[task] = predict(model, specs[task], enc, batch_size, device, show_progress)
-        results[task] = task_metrics(specs[task], preds[task], enc.labels)
+        outputs[task] = predict(model, specs[task], enc, batch_size, device, show_progress)
+        results[task] = task_metrics(specs[task], to_predictions(specs[task], outputs[task]), enc.labels)
     results["overall"] = overall_score({t: results[t] for t in encoded}, specs)
-    return results, preds
+    return results, outputs

@@ -33,8 +33,13 @@ def plot_training_curves(run_dir: Path) -> Path:
     for task, values in history[0].items():
         if isinstance(values, dict):
             for metric in values:
-                dev_ax.plot(epochs, [h[task][metric] for h in history], marker="o", label=f"{task} {metric}",
-                            color=color[task])
+                dev_ax.plot(
+                    epochs,
+                    [h[task][metric] for h in history],
+                    marker="o",
+                    label=f"{task} {metric}",
+                    color=color[task],
+                )
     dev_ax.plot(epochs, [h["overall"] for h in history], "k--", marker="s", label="overall")
     dev_ax.set(xlabel="epoch", ylabel="dev metric", title="Dev metrics", xticks=epochs)
     dev_ax.legend()

@@ -6,6 +6,7 @@ Architecture only: no losses, optimisers or distributed code here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 AttentionImpl = Literal["sdpa", "eager"]
+# a task-specific addition to each layer (e.g. PALs): (layer index, layer input, mask) -> (B, L, H)
+LayerExtra = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -167,9 +170,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.attention(h, mask)
-        return self.output(self.intermediate(h), h)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attention(h, mask)
+        return self.output(self.intermediate(a), a if extra is None else a + extra)
 
 
 class BertEncoder(nn.Module):
@@ -177,9 +180,9 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            h = layer(h, mask)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, extra: LayerExtra | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self.layer):
+            h = layer(h, mask, None if extra is None else extra(i, h, mask))
         return h
 
 
@@ -214,9 +217,11 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        extra: LayerExtra | None = None,
     ) -> EncoderOutput:
+        """``extra``: a task-specific addition to every layer, before its last LayerNorm (PALs)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)  # (B, L, H)
+        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask, extra)  # (B, L, H)
         return EncoderOutput(last_hidden_state=h, pooler_output=self.pooler(h))

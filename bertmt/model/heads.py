@@ -1,41 +1,104 @@
-"""Sentence pooling and task heads (an MLP per task)."""
+"""Task heads: sentence pooling, pair features (siamese) and an MLP per task."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bertmt.model.bert import EncoderOutput
 
-Pooling = Literal["mean", "cls", "pooler"]
+Pooling = Literal["mean", "cls", "pooler", "attention"]
+PairFeatures = Literal["concat", "cosine", "both"]
 
 
-def pool(out: EncoderOutput, attention_mask: torch.Tensor, how: Pooling) -> torch.Tensor:
-    """One vector per sequence: masked mean of tokens, the [CLS] state, or BERT's tanh pooler. -> (B, H)"""
-    if how == "cls":
-        return out.last_hidden_state[:, 0]
-    if how == "pooler":
-        return out.pooler_output
-    mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, L, 1)
-    return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+class Pooler(nn.Module):
+    """One vector per sequence: masked mean of the tokens, the [CLS] state, BERT's tanh pooler, or learned
+    multiplicative attention over the tokens (score_i = q . W h_i / sqrt(H), softmax over real tokens)."""
+
+    def __init__(self, how: Pooling, width: int) -> None:
+        super().__init__()
+        self.how = how
+        if how == "attention":
+            self.key = nn.Linear(width, width, bias=False)
+            self.query = nn.Parameter(torch.zeros(width))  # zero: starts as the plain masked mean
+
+    def forward(self, out: EncoderOutput, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = out.last_hidden_state  # (B, L, H)
+        if self.how == "cls":
+            return h[:, 0]
+        if self.how == "pooler":
+            return out.pooler_output
+        mask = attention_mask.bool()  # (B, L)
+        if self.how == "attention":
+            scores = self.key(h) @ self.query / h.size(-1) ** 0.5  # (B, L)
+            weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
+            return (weights.unsqueeze(-1) * h).sum(1)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def mlp(in_size: int, out_size: int, hidden: list[int], dropout: float, output_bias: float) -> nn.Sequential:
+    """dropout -> [Linear -> GELU -> dropout] x len(hidden) -> Linear(out_size)."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)]
+    for width in hidden:
+        layers += [nn.Linear(in_size, width), nn.GELU(), nn.Dropout(dropout)]
+        in_size = width
+    layers.append(nn.Linear(in_size, out_size))
+    nn.init.constant_(layers[-1].bias, output_bias)  # e.g. the middle of a regression target's range
+    return nn.Sequential(*layers)
+
+
+class ScaledCosine(nn.Module):
+    """``scale * cos(u, v) + shift`` with learnable scale and shift; clipped to ``clip`` when given (a
+    regression target's range). Starts mapping cos in [-1, 1] onto the clip range (or onto [-1, 1])."""
+
+    def __init__(self, clip: tuple[float, float] | None) -> None:
+        super().__init__()
+        lo, hi = clip or (-1.0, 1.0)
+        self.clip = clip
+        self.scale = nn.Parameter(torch.tensor((hi - lo) / 2))
+        self.shift = nn.Parameter(torch.tensor((hi + lo) / 2))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        score = self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift  # (B,)
+        return score.clamp(*self.clip) if self.clip else score
 
 
 class TaskHead(nn.Module):
-    """dropout -> [Linear -> GELU -> dropout] x len(hidden) -> Linear(out_size)."""
+    """Pooling + MLP. A siamese pair head sees ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
+    (``cosine``: one regression value, or the logit of class 1 of a binary task), or both."""
 
     def __init__(
-        self, in_size: int, out_size: int, hidden: list[int], dropout: float, output_bias: float = 0.0
+        self,
+        width: int,
+        out_size: int,
+        hidden: list[int],
+        dropout: float,
+        pooling: Pooling,
+        pair_features: PairFeatures | None = None,
+        output_bias: float = 0.0,
+        label_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
-        for width in hidden:
-            layers += [nn.Linear(in_size, width), nn.GELU(), nn.Dropout(dropout)]
-            in_size = width
-        layers.append(nn.Linear(in_size, out_size))
-        nn.init.constant_(layers[-1].bias, output_bias)  # e.g. the middle of a regression target's range
-        self.mlp = nn.Sequential(*layers)
+        self.pool = Pooler(pooling, width)
+        self.pair_features, self.out_size = pair_features, out_size
+        if pair_features in ("cosine", "both"):
+            self.cosine = ScaledCosine(label_range if out_size == 1 and pair_features == "cosine" else None)
+        if pair_features != "cosine":
+            in_size = {None: width, "concat": 4 * width, "both": 4 * width + 1}[pair_features]
+            self.mlp = mlp(in_size, out_size, hidden, dropout, output_bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)  # (B, out_size)
+    def forward(self, u: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (B, H) pooled sentence (or pair); v: (B, H) second sentence of a siamese pair -> (B, out)."""
+        if self.pair_features is None:
+            return self.mlp(u)
+        if self.pair_features == "cosine":
+            score = self.cosine(u, v).unsqueeze(-1)  # (B, 1)
+            return score if self.out_size == 1 else torch.cat([torch.zeros_like(score), score], -1)
+        features = [u, v, (u - v).abs(), u * v]
+        if self.pair_features == "both":
+            features.append(self.cosine(u, v).unsqueeze(-1))
+        return self.mlp(torch.cat(features, -1))

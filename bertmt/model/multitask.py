@@ -1,48 +1,100 @@
-"""The multitask model: one shared encoder, one head per task."""
+"""The multitask model: one shared encoder, per task a head (and optionally PALs)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bertmt.model.bert import BertModel
-from bertmt.model.heads import Pooling, TaskHead, pool
+from bertmt.model.bert import BertModel, EncoderOutput
+from bertmt.model.heads import PairFeatures, Pooling, TaskHead
+from bertmt.model.pals import ProjectedAttention
+
+
+@dataclass
+class HeadSpec:
+    """What one head predicts and from which inputs."""
+
+    out_size: int  # classes, or 1 for regression
+    pair_features: PairFeatures | None = None  # siamese pair task: how u and v are combined
+    output_bias: float = 0.0  # initial output bias (regression: middle of the label range)
+    label_range: tuple[float, float] | None = None  # regression targets' range (cosine heads clip to it)
+
+
+@dataclass
+class PalSpec:
+    size: int = 204
+    heads: int = 12
+    shared: bool = True
 
 
 class MultitaskModel(nn.Module):
-    """``forward(task, input_ids, attention_mask, token_type_ids) -> (B, out_size)`` raw head outputs.
+    """``forward(task, input_ids, attention_mask, token_type_ids, input_ids_b=None, attention_mask_b=None)``
+    -> (B, out_size) raw head outputs.
 
-    Sentence pairs arrive already joined as one cross-encoded sequence (see bertmt.data.batching).
+    Cross-encoded pairs arrive joined as one sequence; siamese pairs as two (``*_b`` is the second sentence).
+    ``head_of`` maps datasets to heads (several datasets may share one); PALs, when given, are per head.
     """
 
     def __init__(
         self,
         encoder: BertModel,
-        head_sizes: dict[str, int],
+        heads: dict[str, HeadSpec],
         pooling: Pooling,
         hidden: list[int],
         dropout: float,
-        output_bias: dict[str, float] | None = None,
+        head_of: dict[str, str] | None = None,
+        pals: PalSpec | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.pooling = pooling
-        width = encoder.config.hidden_size
-        bias = output_bias or {}
+        cfg = encoder.config
+        self.head_of = head_of or {name: name for name in heads}
         self.heads = nn.ModuleDict(
             {
-                task: TaskHead(width, size, hidden, dropout, bias.get(task, 0.0))
-                for task, size in head_sizes.items()
+                name: TaskHead(
+                    cfg.hidden_size,
+                    h.out_size,
+                    hidden,
+                    dropout,
+                    pooling,
+                    h.pair_features,
+                    h.output_bias,
+                    h.label_range,
+                )
+                for name, h in heads.items()
             }
         )
+        self.pals = None
+        if pals is not None:
+            self.pals = nn.ModuleDict(
+                {
+                    name: ProjectedAttention(
+                        cfg.hidden_size,
+                        cfg.num_hidden_layers,
+                        pals.size,
+                        pals.heads,
+                        pals.shared,
+                        cfg.attention,
+                    )
+                    for name in heads
+                }
+            )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task uses (the encoder): the ones gradient surgery projects."""
         return list(self.encoder.parameters())
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters only ``task`` uses (its head): they keep their own task's gradient."""
-        return list(self.heads[task].parameters())
+        """Parameters only ``task`` (and datasets sharing its head) uses: head and PALs. Never projected."""
+        name = self.head_of[task]
+        own = list(self.heads[name].parameters())
+        return own + (list(self.pals[name].parameters()) if self.pals is not None else [])
+
+    def _encode(self, name: str, ids, mask, types) -> EncoderOutput:
+        extra = self.pals[name] if self.pals is not None else None
+        return self.encoder(ids, mask, types, extra)
 
     def forward(
         self,
@@ -50,6 +102,23 @@ class MultitaskModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        input_ids_b: torch.Tensor | None = None,
+        attention_mask_b: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.encoder(input_ids, attention_mask, token_type_ids)
-        return self.heads[task](pool(out, attention_mask, self.pooling))
+        name = self.head_of[task]
+        head = self.heads[name]
+        if input_ids_b is None:
+            return head(
+                head.pool(self._encode(name, input_ids, attention_mask, token_type_ids), attention_mask)
+            )
+        # siamese: both sentences through the encoder in one batch of 2B rows padded to a common width
+        width = max(input_ids.size(1), input_ids_b.size(1))
+        ids = torch.cat([_pad(input_ids, width), _pad(input_ids_b, width)])
+        mask = torch.cat([_pad(attention_mask, width), _pad(attention_mask_b, width)])
+        pooled = head.pool(self._encode(name, ids, mask, None), mask)  # (2B, H)
+        u, v = pooled.chunk(2)
+        return head(u, v)
+
+
+def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    return nn.functional.pad(x, (0, width - x.size(1)))

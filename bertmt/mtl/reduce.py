@@ -74,8 +74,12 @@ class TaskGradients:
             dist.all_reduce(g)
             gram = _gram(g / self.world)
         else:
-            shard = torch.empty(self.buffer.size(0), self.width // self.world, dtype=self.buffer.dtype,
-                                device=self.buffer.device)
+            shard = torch.empty(
+                self.buffer.size(0),
+                self.width // self.world,
+                dtype=self.buffer.dtype,
+                device=self.buffer.device,
+            )
             self._count(self.buffer)
             dist.reduce_scatter_tensor(shard, _columns_by_rank(self.buffer, self.world))
             gram = _gram(shard / self.world)  # partial Gram matrix of this rank's column shard

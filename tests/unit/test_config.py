@@ -53,7 +53,10 @@ def test_dotted_overrides_reach_nested_fields():
             ["tasks.mnli.train=x.csv"],
             "config key 'tasks.mnli': expected a task name, one of ['cfimdb', 'quora'",
         ),
-        (["model.pooling=max"], "config key 'model.pooling': expected one of ['mean', 'cls', 'pooler']"),
+        (
+            ["model.pooling=max"],
+            "config key 'model.pooling': expected one of ['mean', 'cls', 'pooler', 'attention']",
+        ),
         (["optim.lr"], "override 'optim.lr': expected KEY=VALUE"),
         (
             ["mtl.method=pcgrad", "train.zero_stage=3"],

@@ -1,0 +1,126 @@
+"""SMART regularisation (Jiang et al. 2020, "SMART: Robust and Efficient Fine-Tuning ...").
+
+Smoothness-inducing adversarial term: perturb the embedding output by ``delta`` (Gaussian, std ``noise``),
+take ``steps`` projected ascent steps ``delta <- P(delta + step_size * g / ||g||_inf)`` on the divergence
+between the perturbed and the clean outputs (``P``: clip to ``||delta||_inf <= epsilon``), and add
+``weight * D(f(x + delta), f(x))``: symmetric KL for classification, MSE for regression. Zero for a model
+whose output does not depend on its input.
+
+Bregman proximal point: ``bregman_weight * D(f(x; theta), f(x; teacher))`` where the teacher is a momentum
+copy of the model, ``teacher <- beta * teacher + (1 - beta) * theta`` after each optimiser step.
+
+Works on any task and with gradient surgery (the terms are part of the task's loss). Each rank perturbs its
+own micro-batch; the regularised loss's gradient is reduced across ranks like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertmt.config import SmartConfig
+from bertmt.data.tasks import TaskSpec
+
+
+def divergence(spec: TaskSpec, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL between the softmax distributions of two logit tensors (classification), or MSE."""
+    a, b = a.float(), b.float()
+    if spec.kind == "regression":
+        return F.mse_loss(a, b)
+    la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    kl_ab = F.kl_div(lb, la, log_target=True, reduction="batchmean")  # KL(p_a || p_b)
+    kl_ba = F.kl_div(la, lb, log_target=True, reduction="batchmean")
+    return kl_ab + kl_ba
+
+
+class EmbeddingNoise:
+    """Adds a perturbation to every output of ``module`` (the embedding layer) while active. The k-th call
+    of a forward gets ``deltas[k]`` (a siamese forward embeds twice), created on first use."""
+
+    def __init__(self, module: nn.Module, std: float) -> None:
+        self.module, self.std = module, std
+        self.deltas: list[torch.Tensor] = []
+        self._calls = 0
+        self._handle = None
+
+    def _hook(self, module, inputs, output):
+        if self._calls == len(self.deltas):
+            self.deltas.append((torch.randn_like(output) * self.std).requires_grad_())
+        delta = self.deltas[self._calls]
+        self._calls += 1
+        return output + delta.to(output.dtype)
+
+    def __call__(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self._calls = 0
+        self._handle = self.module.register_forward_hook(self._hook)
+        try:
+            return forward()
+        finally:
+            self._handle.remove()
+
+    def ascend(self, grads: list[torch.Tensor], step_size: float, epsilon: float) -> None:
+        """One projected ascent step per delta, along the gradient normalised by its max-norm per token."""
+        for i, (delta, g) in enumerate(zip(self.deltas, grads)):
+            g = torch.zeros_like(delta) if g is None else g
+            direction = g / g.abs().amax(-1, keepdim=True).clamp(min=1e-12)
+            stepped = (delta + step_size * direction).clamp(-epsilon, epsilon)
+            self.deltas[i] = stepped.detach().requires_grad_()
+
+
+class Smart:
+    def __init__(self, model: nn.Module, cfg: SmartConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.teacher = None
+        if cfg.bregman_weight > 0:
+            self.teacher = copy.deepcopy(model).eval()
+            self.teacher.requires_grad_(False)
+
+    def adversarial(
+        self, spec: TaskSpec, forward: Callable[[], torch.Tensor], clean: torch.Tensor
+    ) -> torch.Tensor:
+        """``D(f(x + delta*), f(x))`` with ``delta*`` from the projected ascent; ``forward`` runs the model
+        on the micro-batch, ``clean`` is its unperturbed output (gradients flow through both)."""
+        cfg = self.cfg
+        noise = EmbeddingNoise(self.model.encoder.embeddings, cfg.noise)
+        for _ in range(cfg.steps):
+            loss = divergence(spec, noise(forward), clean.detach())
+            grads = torch.autograd.grad(loss, noise.deltas, allow_unused=True)
+            noise.ascend(list(grads), cfg.step_size, cfg.epsilon)
+        return divergence(spec, noise(forward), clean)
+
+    def proximal(self, spec: TaskSpec, inputs: dict, task: str, clean: torch.Tensor) -> torch.Tensor:
+        """``D(f(x; theta), f(x; teacher))``, the teacher's output taken without gradient."""
+        with torch.no_grad():
+            target = self.teacher(task, **inputs)
+        return divergence(spec, clean, target)
+
+    def loss(self, spec: TaskSpec, forward: Callable[[], torch.Tensor], inputs: dict, task: str, clean):
+        """The regularisation added to the task loss, and its parts for logging."""
+        parts = {}
+        total = clean.new_zeros((), dtype=torch.float32)
+        if self.cfg.weight > 0:
+            parts["smart_adv"] = self.adversarial(spec, forward, clean)
+            total = total + self.cfg.weight * parts["smart_adv"]
+        if self.teacher is not None:
+            parts["smart_prox"] = self.proximal(spec, inputs, task, clean)
+            total = total + self.cfg.bregman_weight * parts["smart_prox"]
+        return total, {k: float(v) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        if self.teacher is None:
+            return
+        beta = self.cfg.teacher_beta
+        for t, p in zip(self.teacher.parameters(), self.model.parameters()):
+            t.mul_(beta).add_(p.detach().to(t.dtype), alpha=1 - beta)
+
+    def state_dict(self) -> dict:
+        return {} if self.teacher is None else {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.teacher is not None and "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])
