@@ -312,8 +312,13 @@ class ExperimentConfig:
                 f"a task with the same label space ({spec.kind}, {spec.output_size} outputs)",
                 task.head,
             )
+        _check(
+            spec.is_pair or task.pair_encoding is None,
+            f"tasks.{name}.pair_encoding",
+            "cross for a single-sentence task",
+            task.pair_encoding,
+        )
         if self.pair_encoding(name) == "siamese":
-            _check(spec.is_pair, f"tasks.{name}.pair_encoding", "cross for a single-sentence task", "siamese")
             _check(
                 task.pair_features == "concat" or spec.output_size <= 2,
                 f"tasks.{name}.pair_features",
@@ -418,15 +423,26 @@ def _yaml_float(value: Any) -> Any:
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """``a.b.c`` sets tree[a][b][c]; a number indexes a list (``phases.1.optim.lr``)."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        _check(isinstance(child, dict), dotted, f"'{part}' to be a section", child)
-        node = child
-    node[parts[-1]] = value
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            _check(
+                part.isdigit() and int(part) < len(node),
+                dotted,
+                f"an index below {len(node)} at '{part}'",
+                part,
+            )
+            part = int(part)
+        elif node.get(part) is None and not last:
+            node[part] = {}
+        if last:
+            node[part] = value
+            return
+        node = node[part]
+        _check(isinstance(node, (dict, list)), dotted, f"'{parts[i]}' to be a section", node)
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:

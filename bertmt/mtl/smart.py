@@ -108,7 +108,7 @@ class Smart:
         if self.teacher is not None:
             parts["smart_prox"] = self.proximal(spec, inputs, task, clean)
             total = total + self.cfg.bregman_weight * parts["smart_prox"]
-        return total, {k: float(v) for k, v in parts.items()}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
 
     @torch.no_grad()
     def update_teacher(self) -> None:

@@ -95,3 +95,83 @@ def test_cli_rejects_unknown_key_before_any_work(tmp_path, capsys):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config file .*nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+RECIPE = CONFIGS[0].parent / "cpu-recipe.yaml"
+
+
+def test_phases_resolve_to_full_configs_with_their_own_run_directories():
+    from bertmt.config import phase_configs
+
+    cfg = load_config(RECIPE, ["phases.1.train.epochs=5", "optim.weight_decay=0.05"])
+    phases = dict(phase_configs(cfg))
+    assert list(phases) == ["heads", "joint", "pals"]
+    assert phases["heads"].train.freeze_encoder and phases["heads"].optim.lr == 1e-3
+    assert phases["joint"].train.epochs == 5 and phases["joint"].schedule.kind == "annealed"
+    assert phases["pals"].model.pals.enabled and phases["pals"].mtl.method == "gradvac"
+    assert not phases["joint"].model.pals.enabled and phases["pals"].optim.lr == 2e-5
+    assert all(p.optim.weight_decay == 0.05 for p in phases.values())  # base overrides reach every phase
+    assert phases["pals"].run.dir == str(Path(cfg.run.dir) / "phases" / "3-pals")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["phases.1.optim.lr=-1"], "phases[1] ('joint'): config key 'optim.lr': expected a positive float"),
+        (["phases.0.schedul={kind: random}"], "config key 'phases[0].schedul': expected one of ['model'"),
+        (["phases.2.model.pooling=cls"], "config key 'phases[2].model.pooling': expected one of ['pals'"),
+        (["phases.5.optim.lr=1"], "config key 'phases.5.optim.lr': expected an index below 3"),
+        (["phases.1.name=heads"], "config key 'phases[1].name': expected a name not used by another phase"),
+        (
+            ["phases.0.mtl={method: pcgrad}"],
+            "config key 'mtl.method': expected none with train.freeze_encoder=true",
+        ),
+    ],
+)
+def test_bad_phase_fails_naming_the_phase_and_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPE, override)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["tasks.more.type=sst", "tasks.more.head=sts"],
+            "config key 'tasks.more.head': expected a task with the same",
+        ),
+        (
+            ["tasks.more.type=sst", "tasks.more.head=nope"],
+            "config key 'tasks.more.head': expected another configured",
+        ),
+        (
+            ["tasks.sst.pair_encoding=siamese"],
+            "config key 'tasks.sst.pair_encoding': expected cross for a single",
+        ),
+        (["tasks.sst.sample_weight=2"], "config key 'schedule.kind': expected a sampling schedule"),
+        (["tasks.sst.batch_size=0"], "config key 'tasks.sst.batch_size': expected an integer >= 1"),
+        (
+            ["model.pals.heads=5"],
+            "config key 'model.pals.heads': expected a divisor of model.pals.size (204)",
+        ),
+        (["mtl.smart.steps=0"], "config key 'mtl.smart.steps': expected an integer >= 1"),
+    ],
+)
+def test_bad_extra_dataset_pair_or_technique_settings_fail(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS[0].parent / "quickstart.yaml", override)
+    assert message in str(err.value)
+
+
+def test_extra_dataset_takes_its_type_format_and_can_share_a_head():
+    cfg = load_config(
+        CONFIGS[0].parent / "quickstart.yaml",
+        [
+            "tasks.sst2={type: sst, train: more.csv, head: sst, sample_weight: 0.5}",
+            "schedule.kind=proportional",
+        ],
+    )
+    spec = cfg.task_spec("sst2")
+    assert spec.name == "sst2" and spec.num_labels == 5 and spec.label_column == "sentiment"
+    assert cfg.head_of("sst2") == "sst" and cfg.head_of("sst") == "sst"

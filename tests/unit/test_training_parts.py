@@ -93,3 +93,9 @@ def test_deepspeed_config_from_dataclasses(tmp_path):
     assert "bf16" not in ds and "fp16" not in build_deepspeed_config(
         load_config("configs/quickstart.yaml"), 1
     )
+
+
+def test_sample_weights_scale_the_sampling_probabilities():
+    sizes = {"a": 100, "b": 400, "c": 100}
+    sched = TaskSchedule("proportional", sizes, {t: 10 for t in sizes}, 1, weights={"b": 0.25, "c": 2.0})
+    np.testing.assert_allclose(sched.probabilities(0), np.array([100, 100, 200]) / 400)
