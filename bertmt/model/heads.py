@@ -59,8 +59,9 @@ class ScaledCosine(nn.Module):
         super().__init__()
         lo, hi = clip or (-1.0, 1.0)
         self.clip = clip
-        self.scale = nn.Parameter(torch.tensor((hi - lo) / 2))
-        self.shift = nn.Parameter(torch.tensor((hi + lo) / 2))
+        # shape (1,), not (): DeepSpeed broadcasts parameters viewed as bytes, impossible for 0-dim tensors
+        self.scale = nn.Parameter(torch.tensor([(hi - lo) / 2]))
+        self.shift = nn.Parameter(torch.tensor([(hi + lo) / 2]))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         score = self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift  # (B,)

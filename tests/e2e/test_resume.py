@@ -31,8 +31,10 @@ def _kill_after_first_checkpoint(args: list[str], run_dir, log) -> None:
         {},
         # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule must resume too
         {"mtl.method": "gradvac", "mtl.beta": 0.5, "schedule.kind": "annealed", "train.grad_accum": 3},
+        # SMART's momentum teacher lives in the checkpoint, its noise draws from the saved RNG state
+        {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0, "mtl.smart.epsilon": 1e-2},
     ],
-    ids=["plain", "gradvac-annealed"],
+    ids=["plain", "gradvac-annealed", "smart"],
 )
 def test_killed_and_resumed_run_matches_uninterrupted(variant, tiny_pretrained, small_data, tmp_path):
     # larger batches and longer rows than the other tiny runs: a step lasts long enough to be killed in

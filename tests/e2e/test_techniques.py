@@ -1,0 +1,78 @@
+"""One tiny run with every model-side technique switched on, checked through the run directory's files.
+
+Siamese pair heads (concat for Quora, scaled cosine for STS), attention pooling, PALs, SMART (adversarial +
+Bregman), and extra datasets (CFIMDB with its own head, more SST records sharing the SST head, sampled by
+weight)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import slice_file, tiny_overrides
+from tests.e2e.helpers import QUICKSTART, bertmt
+
+
+@pytest.fixture(scope="module")
+def run(tiny_pretrained, small_data, data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("techniques")
+    slice_file(data_dir / "ids-cfimdb-train.csv", small_data / "cfimdb-train.csv", 80)
+    slice_file(data_dir / "ids-cfimdb-dev.csv", small_data / "cfimdb-dev.csv", 40)
+    slice_file(data_dir / "ids-sst-dev.csv", small_data / "sst-more.csv", 120)  # other SST records
+    run_dir = tmp / "run"
+    overrides = tiny_overrides(tiny_pretrained, small_data, run_dir) + [
+        "model.pooling=attention",
+        "model.pals={enabled: true, size: 16, heads: 4, shared: false}",
+        "tasks.quora.pair_encoding=siamese",
+        "tasks.sts.pair_encoding=siamese",
+        "tasks.sts.pair_features=cosine",
+        "tasks.cfimdb={train: cfimdb-train.csv, dev: cfimdb-dev.csv, batch_size: 8}",
+        "tasks.sst_more={type: sst, head: sst, train: sst-more.csv, batch_size: 8, sample_weight: 2.0}",
+        "schedule.kind=proportional",
+        "train.batches_per_epoch=30",
+        "mtl.smart={weight: 1.0, bregman_weight: 1.0, noise: 1.0e-3, epsilon: 1.0e-2, step_size: 1.0e-2}",
+    ]
+    proc = bertmt("train", str(QUICKSTART), *overrides)
+    return run_dir, proc
+
+
+def test_heads_follow_the_datasets_and_pair_settings(run):
+    run_dir, _ = run
+    weights = load_file(str(run_dir / "best" / "model.safetensors"))
+    heads = {k.split(".")[1] for k in weights if k.startswith("heads.")}
+    assert heads == {"sst", "quora", "sts", "cfimdb"}  # sst_more trains the sst head
+    assert "heads.sts.cosine.scale" in weights and not any(k.startswith("heads.sts.mlp") for k in weights)
+    assert weights["heads.quora.mlp.1.weight"].shape[1] == 4 * 32  # [u, v, |u - v|, u * v] of width 32
+    assert all(weights[f"heads.{h}.pool.query"].abs().sum() > 0 for h in heads)  # learned from zero
+    assert {k.split(".")[1] for k in weights if k.startswith("pals.")} == heads
+    assert weights["pals.cfimdb.decode.1.weight"].abs().sum() > 0  # per-layer V_D, learned from zero
+
+
+def test_every_dataset_trains_and_smart_terms_are_logged(run):
+    run_dir, _ = run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for task in ("sst", "quora", "sts", "cfimdb", "sst_more"):
+        assert f"train/{task}/loss" in tags
+        adv = [e.value for e in events.Scalars(f"train/{task}/smart_adv")]
+        assert adv and all(np.isfinite(adv)) and max(adv) > 0
+        assert f"train/{task}/smart_prox" in tags
+    fractions = {t: events.Scalars(f"schedule/{t}/fraction")[0].value for t in ("cfimdb", "sst_more")}
+    # proportional with weights: sst_more (120 records x 2.0) is drawn more often than cfimdb (80 x 1.0)
+    assert fractions["sst_more"] > fractions["cfimdb"]
+
+
+def test_metrics_and_reports_cover_the_extra_dataset(run):
+    run_dir, _ = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"sst", "quora", "sts", "cfimdb", "overall"}  # sst_more has no dev file
+    summary = json.loads((run_dir / "reports" / "dev" / "summary.json").read_text())
+    assert summary["cfimdb"]["accuracy"] == pytest.approx(metrics["cfimdb"]["accuracy"])
+    assert (run_dir / "reports" / "dev" / "cfimdb_roc.png").is_file()
+    preds = np.loadtxt(run_dir / "predictions" / "sts-dev.csv", delimiter=",", skiprows=1, usecols=1)
+    assert preds.min() >= 0 and preds.max() <= 5
