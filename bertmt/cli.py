@@ -12,6 +12,7 @@ from pathlib import Path
 from bertmt.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger("bertmt")
+EXIT_PREEMPTED = 3  # stopped at a checkpoint by a signal, not requeued: run the same command to resume
 
 
 def _summary(title: str, metrics: dict, extra: dict) -> str:
@@ -78,9 +79,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bertmt.data.loading import check_files
 
     check_files(cfg)
+    from bertmt.engine.preemption import Preempted
+
     start = time.time()
-    with logging_redirect_tqdm():
-        is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
+    try:
+        with logging_redirect_tqdm():
+            is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
+    except Preempted as exc:
+        log.warning("%s", exc)
+        return 0 if exc.requeued else EXIT_PREEMPTED
     if is_main:
         from bertmt.evaluation.runs import evaluate_run, predict_run
 

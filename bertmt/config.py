@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -225,6 +226,49 @@ class MtlConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """Cluster resources and preemption handling (``bertmt submit``; templates in slurm/)."""
+
+    partition: str | None = None  # --partition (None: the cluster's default)
+    account: str | None = None  # --account
+    nodes: int = 1  # --nodes
+    gpus_per_node: int = 0  # --gpus-per-node (0: CPU-only jobs)
+    tasks_per_node: int | None = None  # ranks per node (default: gpus_per_node, or 1 without GPUs)
+    cpus_per_task: int = 2  # --cpus-per-task (also OMP_NUM_THREADS of each rank)
+    mem: str | None = None  # --mem per node, e.g. "64G"
+    time: str = "01:00:00"  # --time limit
+    signal: Literal["USR1", "USR2"] = "USR1"  # sent before the time limit and on preemption: checkpoint
+    signal_seconds: int = 120  # how long before the time limit the signal comes (SLURM fires on a 30 s tick)
+    requeue: bool = True  # after the checkpoint, requeue the job (it resumes from the checkpoint)
+    launcher: Literal["srun", "torchrun", "deepspeed"] = "srun"  # multi-node: one task per rank (srun), or
+    # one torchrun per node through srun, or the deepspeed launcher with a hostfile from the node list
+    setup: list[str] = field(default_factory=list)  # shell lines before the launch (module load, venv ...)
+    sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. ["--constraint=a100"]
+    python: str = "python"  # interpreter on the compute nodes
+
+    def __post_init__(self) -> None:
+        _check(self.nodes >= 1, "slurm.nodes", "an integer >= 1", self.nodes)
+        _check(self.gpus_per_node >= 0, "slurm.gpus_per_node", "an integer >= 0", self.gpus_per_node)
+        _check(
+            self.tasks_per_node is None or self.tasks_per_node >= 1,
+            "slurm.tasks_per_node",
+            "null or an integer >= 1",
+            self.tasks_per_node,
+        )
+        _check(self.signal_seconds >= 30, "slurm.signal_seconds", "an integer >= 30", self.signal_seconds)
+        _check(
+            bool(re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", self.time)),
+            "slurm.time",
+            "a SLURM time such as 04:00:00 or 1-00:00:00",
+            self.time,
+        )
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -234,6 +278,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     mtl: MtlConfig = field(default_factory=MtlConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     # training phases, run in order, each a name plus overrides of the sections above (see engine/phases.py)
     phases: list[dict[str, Any]] = field(default_factory=list)
 

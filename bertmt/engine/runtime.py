@@ -24,6 +24,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def slurm_env_to_torch() -> None:
+    """Inside an ``srun`` step with one task per rank (and no launcher that set RANK), take rank, world size
+    and local rank from SLURM, and the master address from the first node of the job (port: MASTER_PORT, else
+    one derived from the job id). The batch step itself (no SLURM_STEP_NUM_TASKS) stays a single process."""
+    env = os.environ
+    if "RANK" in env or "SLURM_STEP_NUM_TASKS" not in env:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_STEP_NUM_TASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = subprocess.run(
+            ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True
+        ).stdout.split()
+        if not nodes:
+            raise RuntimeError(f"scontrol show hostnames {env['SLURM_JOB_NODELIST']!r} returned no host")
+        env["MASTER_ADDR"] = nodes[0]
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+
+
 def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); returns (rank, world).
 
@@ -35,6 +54,7 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
+    slurm_env_to_torch()
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

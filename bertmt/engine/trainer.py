@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 import zlib
 from collections import defaultdict
@@ -26,6 +27,7 @@ from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer
+from bertmt.engine.preemption import Preempted, Preemption, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import SurgeryStep
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
@@ -81,6 +83,11 @@ class Trainer:
             else None
         )
         self.smart = Smart(self.engine.module, cfg.mtl.smart) if cfg.mtl.smart.enabled else None
+        job = slurm_job()
+        if job is not None:
+            log.info("SLURM job %s, restart count %s", job["job_id"], job["restarts"])
+        handle = job is not None or os.environ.get("BERTMT_HANDLE_SIGNALS") == "1"
+        self.preemption = Preemption(cfg.slurm.signal, self.world, enabled=handle)
         self.state = TrainState(drawn={t: 0 for t in self.samplers})
         self._resume()
         self.writer = MetricWriter(self.run_dir / "tensorboard" if self.is_main else None, self.state.step)
@@ -245,6 +252,10 @@ class Trainer:
                 sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
             if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 and st.index < n:
                 self.save_checkpoint()
+            if self.preemption.requested():
+                bar.close()
+                self.save_checkpoint()
+                raise Preempted(st.step, self.preemption.requeue(self.rank, cfg.slurm.requeue))
         bar.close()
 
     def _global_means(self, sums: dict, counts: dict) -> dict[str, float]:
