@@ -1,8 +1,10 @@
-"""Command line: ``bertmt train|eval|predict``."""
+"""Command line: ``bertmt train|eval|predict`` (training) and ``submit|sweep|sweep-summary|hostfile``
+(clusters; these import no torch, deepspeed or model code)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -128,6 +130,85 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run or args.sbatch:
+        from launch.render import render_job
+
+        overrides = [*args.overrides, f"run.dir={Path(cfg.run.dir).resolve()}"]
+        script = render_job(cfg, args.config, overrides)
+        if args.dry_run:
+            print(script, end="")
+            return 0
+        return _sbatch(script, Path(cfg.run.dir))
+    from launch.submitit_job import submit
+
+    job = submit(cfg, args.config, args.overrides, args.cluster)
+    print(f"submitted {args.cluster} job {job.job_id}; run directory {Path(cfg.run.dir).resolve()}")
+    if args.wait:
+        print(json.dumps(job.result(), indent=2))
+    return 0
+
+
+def _sbatch(script: str, log_dir: Path, parsable_name: str = "job.sbatch") -> int:
+    import subprocess
+
+    log_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create the --output directory
+    path = log_dir / parsable_name
+    path.write_text(script)
+    proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"bertmt: sbatch {path} failed: {proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"submitted batch job {proc.stdout.strip()}; script {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from launch.sweep import load_sweep, render_array, write_sweep_files
+
+    sweep = load_sweep(args.sweep)
+    if args.dry_run:
+        print(render_array(sweep), end="")
+        for run in sweep.runs:
+            print(f"# run {run.index}: {' '.join(run.overrides)}")
+        return 0
+    write_sweep_files(sweep)
+    if args.backend == "sbatch":
+        return _sbatch(render_array(sweep), sweep.dir, "array.sbatch")
+    from launch.submitit_job import submit_array
+
+    cfg = load_config(sweep.base, sweep.runs[0].overrides)
+    runs = [(r.run_dir, r.overrides) for r in sweep.runs]
+    jobs = submit_array(cfg, str(sweep.base), runs, args.cluster, sweep.dir / "submitit", sweep.max_parallel)
+    print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0]}); sweep directory {sweep.dir}")
+    if args.wait:
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # a failed run is reported by sweep-summary, the others still count
+                print(f"array task {job.job_id} failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep_summary(args: argparse.Namespace) -> int:
+    from launch.summary import write_summary
+
+    markdown, md, csv_path = write_summary(Path(args.sweep_dir))
+    print(markdown + f"\nwritten: {md}, {csv_path}")
+    return 0
+
+
+def cmd_hostfile(args: argparse.Namespace) -> int:
+    from launch.hostfile import hostfile
+
+    nodelist = args.nodelist or os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise ValueError("no node list: pass one or run inside a SLURM job (SLURM_JOB_NODELIST)")
+    print(hostfile(nodelist, args.slots), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertmt", description="Multitask BERT training on DeepSpeed")
     # the `deepspeed` launcher passes --local_rank=N to every process (LOCAL_RANK is in the environment too)
@@ -148,11 +229,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["dev", "test"], default="dev")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "submit", help="submit a training run to SLURM (Submitit, or a rendered sbatch script)"
+    )
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument(
+        "--cluster", choices=["slurm", "local", "debug"], default="slurm", help="Submitit executor"
+    )
+    p.add_argument(
+        "--sbatch", action="store_true", help="render slurm/*.sbatch from the config and sbatch it"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the rendered sbatch script, submit nothing")
+    p.add_argument("--wait", action="store_true", help="Submitit: wait for the job and print its metrics")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("sweep", help="submit a sweep file's runs as one SLURM job array")
+    p.add_argument("sweep")
+    p.add_argument("--backend", choices=["sbatch", "submitit"], default="sbatch")
+    p.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm", help="for submitit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the array script and the runs, submit nothing"
+    )
+    p.add_argument("--wait", action="store_true", help="submitit: wait for every array task")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("sweep-summary", help="one table of a sweep's runs, best dev overall score first")
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=cmd_sweep_summary)
+    p = sub.add_parser("hostfile", help="deepspeed hostfile from a SLURM node list ($SLURM_JOB_NODELIST)")
+    p.add_argument("nodelist", nargs="?")
+    p.add_argument("--slots", type=int, required=True, help="ranks (GPUs) per node")
+    p.set_defaults(func=cmd_hostfile)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`submit CONFIG --dry-run optim.lr=2e-5`)
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     if args.command != "train":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
