@@ -64,8 +64,7 @@ def launch_command(cfg: ExperimentConfig, train: str) -> tuple[str, int]:
     if s.launcher == "torchrun":
         inner = (
             f'trap "" {s.signal}; exec {s.python} -m torch.distributed.run --nnodes=$SLURM_NNODES '
-            f"
---node_rank=$SLURM_NODEID --nproc_per_node={s.ranks_per_node} --master_addr=$MASTER_ADDR "
+            f"--node_rank=$SLURM_NODEID --nproc_per_node={s.ranks_per_node} --master_addr=$MASTER_ADDR "
             f"--master_port=$MASTER_PORT -m bertmt.cli {train}"
         )
         return f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(inner)}", 1
