@@ -135,7 +135,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run or args.sbatch:
         from launch.render import render_job
 
-        overrides = [*args.overrides, f"run.dir={Path(cfg.run.dir).resolve()}"]
+        own = [o for o in args.overrides if not o.startswith("run.dir=")]
+        overrides = [*own, f"run.dir={Path(cfg.run.dir).resolve()}"]  # jobs start in another directory
         script = render_job(cfg, args.config, overrides)
         if args.dry_run:
             print(script, end="")
@@ -146,7 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = submit(cfg, args.config, args.overrides, args.cluster)
     print(f"submitted {args.cluster} job {job.job_id}; run directory {Path(cfg.run.dir).resolve()}")
     if args.wait:
-        print(json.dumps(job.result(), indent=2))
+        print(json.dumps(job.results()[0], indent=2))  # task 0's: the run's metrics.json
     return 0
 
 
@@ -185,7 +186,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.wait:
         for job in jobs:
             try:
-                job.result()
+                job.results()
             except Exception as exc:  # a failed run is reported by sweep-summary, the others still count
                 print(f"array task {job.job_id} failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
     return 0

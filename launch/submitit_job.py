@@ -17,12 +17,12 @@ from bertmt.config import ExperimentConfig
 
 
 class TrainJob:
-    """A picklable `bertmt train CONFIG OVERRIDES` for Submitit; returns the run's metrics.json content."""
+    """A picklable `bertmt train CONFIG OVERRIDES` for Submitit; task 0 returns the run's metrics.json."""
 
     def __init__(self, config: str, overrides: list[str]) -> None:
         self.config, self.overrides = str(Path(config).resolve()), list(overrides)
 
-    def __call__(self) -> dict:
+    def __call__(self) -> dict | None:
         import submitit
 
         env = submitit.JobEnvironment()
@@ -33,6 +33,8 @@ class TrainJob:
         code = main(["train", self.config, *self.overrides])
         if code != 0:
             raise RuntimeError(f"bertmt train exited with code {code} (see the run directory's train.log)")
+        if env.global_rank != 0:
+            return None  # rank 0 writes metrics.json
         run_dir = next(o.split("=", 1)[1] for o in reversed(self.overrides) if o.startswith("run.dir="))
         return json.loads((Path(run_dir) / "metrics.json").read_text())
 
