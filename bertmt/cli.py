@@ -79,21 +79,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from bertmt.data.loading import check_files
-
-    check_files(cfg)
     from bertmt.engine.preemption import Preempted
 
+    run_dir = Path(cfg.run.dir)
+    failed = run_dir / "failed.json"  # what `bertmt sweep-summary` reports as a failed run
+    failed.unlink(missing_ok=True)
     start = time.time()
     try:
+        check_files(cfg)
         with logging_redirect_tqdm():
             is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
     except Preempted as exc:
         log.warning("%s", exc)
         return 0 if exc.requeued else EXIT_PREEMPTED
+    except Exception as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        failed.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "time": time.ctime()}))
+        raise
     if is_main:
         from bertmt.evaluation.runs import evaluate_run, predict_run
 
-        run_dir = Path(cfg.run.dir)
         predict_run(cfg, run_dir, "test")  # dev predictions were written with the best model
         if not cfg.phases:
             _plot(run_dir)

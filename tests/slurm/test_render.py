@@ -1,6 +1,6 @@
-"""The sbatch scripts `bertmt submit --dry-run` and `bertmt sweep --dry-run` render, pinned by saved references
-(tests/slurm/reference/; regenerate with BERTMT_UPDATE_REFERENCES=1 and review the diff); node-list expansion;
-submission-side code imports neither torch nor deepspeed nor the model."""
+"""Rendering without SLURM: the scripts of `bertmt submit --dry-run` and `bertmt sweep --dry-run`, pinned by
+saved references (tests/slurm/reference/; regenerate with BERTMT_UPDATE_REFERENCES=1 and review the diff);
+node-list expansion; submission-side code imports neither torch nor deepspeed nor the model."""
 
 from __future__ import annotations
 

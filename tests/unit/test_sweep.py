@@ -1,0 +1,68 @@
+"""Sweep files expand to validated runs; the summary sorts finished runs by the dev overall score and marks
+failed, unfinished and unstarted ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bertmt.config import ConfigError
+from launch.summary import write_summary
+from launch.sweep import load_sweep, write_sweep_files
+from tests.e2e.helpers import QUICKSTART
+
+
+def _sweep(tmp_path, **spec):
+    spec = {"base": str(QUICKSTART), "dir": str(tmp_path / "sweep")} | spec
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_and_listed_runs_expand_with_their_own_run_directories(tmp_path):
+    path = _sweep(
+        tmp_path, grid={"optim.lr": [1e-4, 2e-5], "train.epochs": [1, 2]}, runs=[["mtl.method=pcgrad"]]
+    )
+    sweep = load_sweep(path)
+    assert len(sweep.runs) == 5
+    assert [r.overrides[-1] for r in sweep.runs] == [f"run.dir={r.run_dir}" for r in sweep.runs]
+    assert len({r.run_dir for r in sweep.runs}) == 5
+    assert sweep.runs[3].overrides[:2] == ["optim.lr=2e-05", "train.epochs=2"]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"grid": {"optim.lr": [-1.0]}}, "sweep run 0 (optim.lr=-1.0): config key 'optim.lr'"),
+        ({"grid": {"optim.lr": []}}, "'grid' must map dotted keys to non-empty lists"),
+        ({"runs": [["optim.lr"]]}, "runs[0] must be a list of KEY=VALUE strings"),
+        ({"gird": {}}, "unknown key(s) ['gird']"),
+        ({}, "no runs (give 'grid' and/or 'runs')"),
+    ],
+)
+def test_bad_sweep_files_fail_naming_the_problem(tmp_path, spec, message):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(_sweep(tmp_path, **spec))
+    assert message in str(err.value)
+
+
+def test_summary_sorts_by_overall_and_marks_runs_that_did_not_finish(tmp_path):
+    sweep = load_sweep(_sweep(tmp_path, grid={"optim.lr": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7]}))
+    write_sweep_files(sweep)
+    dirs = [tmp_path / "sweep" / r.name for r in sweep.runs]
+    for d, overall in [(dirs[0], 0.61), (dirs[2], 0.72)]:
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"sst": {"accuracy": overall}, "overall": overall}))
+    dirs[1].mkdir()
+    (dirs[1] / "failed.json").write_text("{}")
+    (dirs[3] / "checkpoints").mkdir(parents=True)
+    (dirs[3] / "checkpoints" / "latest").write_text("step-4")
+    markdown, md, csv_path = write_summary(tmp_path / "sweep")
+    rows = [line.split(" | ") for line in markdown.splitlines()[2:]]
+    assert [r[1] for r in rows] == [sweep.runs[i].name for i in (2, 0, 1, 3, 4)]
+    assert [r[2] for r in rows] == ["finished", "finished", "**failed**", "**unfinished**", "**not started**"]
+    assert rows[0][0] == "| 1" and rows[0][3] == "0.7200" and rows[2][0] == "| -"
+    assert csv_path.read_text().splitlines()[3].split(",")[2] == "failed"
+    assert md.read_text() == markdown
