@@ -33,13 +33,14 @@ def test_sbatch_single_node_script_trains_and_writes_metrics(slurm, tiny_pretrai
     assert (run_dir / "job.sbatch").read_text().startswith("#!/bin/bash")
 
 
-def test_two_ranks_on_two_nodes_match_one_process(slurm, tiny_no_dropout, small_data, tmp_path):
+@pytest.mark.parametrize("launcher", ["srun", "torchrun"])  # one task per rank / one torchrun per node
+def test_two_ranks_on_two_nodes_match_one_process(launcher, slurm, tiny_no_dropout, small_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     bertmt(
         "train", str(QUICKSTART), *equivalence_args(tiny_no_dropout, small_data, one, "pcgrad", 1, batch=16)
     )
     args = equivalence_args(tiny_no_dropout, small_data, two, "pcgrad", 1, batch=8)
-    nodes = ["slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.launcher=srun"]
+    nodes = ["slurm.nodes=2", "slurm.tasks_per_node=1", f"slurm.launcher={launcher}"]
     out = bertmt_cli("submit", str(QUICKSTART), "--sbatch", *args, *JOB, *nodes)
     assert wait_job(submitted_id(out)) == ["COMPLETED"], slurm_log(two)
     assert "on ci-node[1-2] (master ci-node1)" in slurm_log(two)
@@ -90,14 +91,21 @@ def test_sweep_runs_as_one_job_array_and_is_summarised(slurm, tiny_pretrained, s
     _check_summary(sweep_dir, 3)
 
 
-def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tiny_pretrained, small_data, tmp_path):
+@pytest.mark.parametrize(
+    "layout",
+    [["slurm.tasks_per_node=2"], ["slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.launcher=torchrun"]],
+    ids=["1-node-srun", "2-nodes-torchrun"],
+)
+def test_preemption_signal_checkpoints_requeues_and_resumes(
+    layout, slurm, tiny_pretrained, small_data, tmp_path
+):
     extra = {"run.checkpoint_every": 2, "train.epochs": 3, "data.max_length": 128, "tasks.sst.test": None}
     extra |= {"tasks.sts.test": None} | {f"tasks.{t}.batch_size": 16 for t in ("sst", "quora", "sts")}
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     torchrun(2, "train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
 
     args = tiny_overrides(tiny_pretrained, small_data, parts, **extra)
-    out = bertmt_cli("submit", str(QUICKSTART), "--sbatch", *args, *JOB, "slurm.tasks_per_node=2")
+    out = bertmt_cli("submit", str(QUICKSTART), "--sbatch", *args, *JOB, *layout)
     job = submitted_id(out)
     latest, deadline = parts / "checkpoints" / "latest", time.time() + 300
     while not latest.exists() and time.time() < deadline:
