@@ -69,10 +69,12 @@ def launch_command(cfg: ExperimentConfig, train: str) -> tuple[str, int]:
         )
         return f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(inner)}", 1
     hostfile = f"{shlex.quote(cfg.run.dir)}/hostfile"
+    # DeepSpeed 0.19's slurm runner drops --module and --no_python: it is given bertmt/cli.py as a script
     lines = [
         f"{s.python} -m bertmt.cli hostfile --slots {s.ranks_per_node} > {hostfile}",
-        f"deepspeed --hostfile {hostfile} --launcher slurm --master_addr $MASTER_ADDR "
-        f"--master_port $MASTER_PORT --module bertmt.cli {train}",
+        f"CLI=$({s.python} -c 'import bertmt.cli; print(bertmt.cli.__file__)')",
+        f"{s.python} -m deepspeed.launcher.runner --hostfile {hostfile} --launcher slurm --no_ssh_check "
+        f'--master_addr $MASTER_ADDR --master_port $MASTER_PORT "$CLI" {train}',
     ]
     return "\n".join(lines), 1
 

@@ -33,7 +33,7 @@ def test_sbatch_single_node_script_trains_and_writes_metrics(slurm, tiny_pretrai
     assert (run_dir / "job.sbatch").read_text().startswith("#!/bin/bash")
 
 
-@pytest.mark.parametrize("launcher", ["srun", "torchrun"])  # one task per rank / one torchrun per node
+@pytest.mark.parametrize("launcher", ["srun", "torchrun", "deepspeed"])  # see slurm/multi-node.sbatch
 def test_two_ranks_on_two_nodes_match_one_process(launcher, slurm, tiny_no_dropout, small_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     bertmt(
