@@ -46,7 +46,8 @@ class Sweep:
 
 
 def _slug(overrides: list[str]) -> str:
-    text = "_".join(o.split(".")[-1] for o in overrides) or "base"
+    parts = [o.split("=", 1) for o in overrides]
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in parts) or "base"
     return re.sub(r"[^A-Za-z0-9=._-]+", "-", text)[:80]
 
 
