@@ -317,10 +317,10 @@ class ExperimentConfig:
             self.schedule.kind,
         )
         _check(
-            not (self.mtl.smart.bregman_weight > 0 and self.train.zero_stage == 3),
-            "mtl.smart.bregman_weight",
-            "0 with train.zero_stage=3 (the momentum teacher is a whole copy of the model)",
-            self.mtl.smart.bregman_weight,
+            not (self.mtl.smart.enabled and self.train.zero_stage == 3),
+            "train.zero_stage",
+            "0, 1 or 2 with SMART (its extra forwards and the teacher need whole parameters)",
+            self.train.zero_stage,
         )
         _check(
             not (self.mtl.per_task and self.train.zero_stage == 3),
