@@ -15,6 +15,7 @@ from bertmt.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger("bertmt")
 EXIT_PREEMPTED = 3  # stopped at a checkpoint by a signal, not requeued: run the same command to resume
+EXIT_REQUEUED = 4  # stopped at a checkpoint by a signal and the SLURM job was requeued: it resumes by itself
 
 
 def _summary(title: str, metrics: dict, extra: dict) -> str:
@@ -91,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
     except Preempted as exc:
         log.warning("%s", exc)
-        return 0 if exc.requeued else EXIT_PREEMPTED
+        return EXIT_REQUEUED if exc.requeued else EXIT_PREEMPTED
     except Exception as exc:
         run_dir.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "time": time.ctime()}))

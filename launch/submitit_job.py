@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from bertmt.config import ExperimentConfig
@@ -28,9 +29,11 @@ class TrainJob:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from bertmt.cli import main
+        from bertmt.cli import EXIT_REQUEUED, main
 
         code = main(["train", self.config, *self.overrides])
+        if code == EXIT_REQUEUED:  # SLURM ends this process; returning or raising would store a result
+            time.sleep(3600)
         if code != 0:
             raise RuntimeError(f"bertmt train exited with code {code} (see the run directory's train.log)")
         if env.global_rank != 0:

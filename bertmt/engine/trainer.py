@@ -254,6 +254,7 @@ class Trainer:
                 self.save_checkpoint()
             if self.preemption.requested():
                 bar.close()
+                log.warning("SIG%s received: stopping at step %d to checkpoint", cfg.slurm.signal, st.step)
                 self.save_checkpoint()
                 raise Preempted(st.step, self.preemption.requeue(self.rank, cfg.slurm.requeue))
         bar.close()

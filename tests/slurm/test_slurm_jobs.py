@@ -93,8 +93,12 @@ def test_sweep_runs_as_one_job_array_and_is_summarised(slurm, tiny_pretrained, s
 
 @pytest.mark.parametrize(
     "layout",
-    [["slurm.tasks_per_node=2"], ["slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.launcher=torchrun"]],
-    ids=["1-node-srun", "2-nodes-torchrun"],
+    [
+        ["--sbatch", "slurm.tasks_per_node=2"],
+        ["--sbatch", "slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.launcher=torchrun"],
+        ["--cluster", "slurm", "slurm.tasks_per_node=2"],  # Submitit: its signal is USR2
+    ],
+    ids=["1-node-srun", "2-nodes-torchrun", "submitit"],
 )
 def test_preemption_signal_checkpoints_requeues_and_resumes(
     layout, slurm, tiny_pretrained, small_data, tmp_path
@@ -105,20 +109,21 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(
     torchrun(2, "train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
 
     args = tiny_overrides(tiny_pretrained, small_data, parts, **extra)
-    out = bertmt_cli("submit", str(QUICKSTART), "--sbatch", *args, *JOB, *layout)
-    job = submitted_id(out)
+    out = bertmt_cli("submit", str(QUICKSTART), *args, *JOB, *layout)
+    job = submitted_id(out) if "--sbatch" in layout else out.split("submitted slurm job ")[1].split(";")[0]
+    signal = "USR1" if "--sbatch" in layout else "USR2"
     latest, deadline = parts / "checkpoints" / "latest", time.time() + 300
     while not latest.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert latest.exists(), slurm_log(parts)
-    run("scancel", "--signal=USR1", job)  # what SLURM sends before the time limit or to preempt
+    run("scancel", f"--signal={signal}", job)  # what SLURM sends before the time limit or to preempt
     assert wait_job(job) == ["COMPLETED"], slurm_log(parts)
 
     log = (parts / "train.log").read_text()
     assert re.search(rf"SLURM job {job}, restart count 1", log), log[-3000:]
     assert "requeued SLURM job" in log and "resuming at epoch" in log
-    stopped = re.search(r"stopped by signal at step (\d+)", slurm_log(parts))
-    assert stopped and 0 < int(stopped[1]) < 18, slurm_log(parts)[-3000:]
+    stopped = re.search(rf"SIG{signal} received: stopping at step (\d+) to checkpoint", log)
+    assert stopped and 0 < int(stopped[1]) < 18, log[-3000:]
     assert json.loads((parts / "metrics.json").read_text()) == json.loads(
         (whole / "metrics.json").read_text()
     )
