@@ -82,12 +82,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bertmt.data.loading import check_files
     from bertmt.engine.preemption import Preempted
 
+    check_files(cfg)  # before any work: a missing file creates no run directory
     run_dir = Path(cfg.run.dir)
     failed = run_dir / "failed.json"  # what `bertmt sweep-summary` reports as a failed run
     failed.unlink(missing_ok=True)
     start = time.time()
     try:
-        check_files(cfg)
         with logging_redirect_tqdm():
             is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
     except Preempted as exc:
