@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+
 from bertmt.config import ExperimentConfig, phase_configs, save_config
 from bertmt.engine import checkpoint as ckpt
 
@@ -43,6 +45,8 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
             log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase_dir)
             try:
                 trainer.fit()
+                if dist.is_initialized():
+                    dist.barrier()  # every rank reads the metrics.json that rank 0 has just written
             finally:
                 trainer.close(keep_process_group=i + 1 < len(phases))
             log.info("phase '%s' done in %.0f s", name, time.time() - start)
