@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["bertmt", "bertmt.*", "launch", "launch.*"]),
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.19",
+        "deepspeed==0.19.8",  # internals relied on: bertmt/engine/deepspeed_compat.py
         "submitit>=1.5",
         "numpy",
         "pyyaml",

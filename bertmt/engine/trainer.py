@@ -22,6 +22,7 @@ from bertmt.data.batching import TaskSampler, model_inputs
 from bertmt.data.loading import load_split
 from bertmt.data.schedule import TaskSchedule
 from bertmt.engine import checkpoint as ckpt
+from bertmt.engine import deepspeed_compat
 from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
@@ -72,9 +73,11 @@ class Trainer:
         self.ds_config = build_deepspeed_config(cfg, self.world)
         import deepspeed
 
+        deepspeed_compat.check_version()
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=lr_schedule, config=self.ds_config
         )
+        deepspeed_compat.clear_stale_zero3_gradients(self.engine)
         self.surgery = (
             SurgeryStep(
                 self.engine, list(self.samplers), cfg.mtl, cfg.run.seed, fp16=cfg.train.precision == "fp16"

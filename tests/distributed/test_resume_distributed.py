@@ -1,6 +1,6 @@
 """2-rank runs killed (SIGKILL to the launcher and both ranks) after their first checkpoint and started again
-end with the same metrics as uninterrupted 2-rank runs: exactly for ZeRO-2 with PCGrad; ZeRO-3 (no surgery)
-resumes and trains on, but ends ~1e-4 away (like its ~1e-3 loss drift from stage 0; cause not found)."""
+end with exactly the metrics and dev history of uninterrupted 2-rank runs: ZeRO-2 with PCGrad, ZeRO-3 (no
+surgery; exact since bertmt clears ZeRO-3's stale gradient partitions, engine/deepspeed_compat.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tests.conftest import tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun, torchrun_popen
 
 
-@pytest.mark.parametrize("stage, method, tol", [(2, "pcgrad", 0.0), (3, "none", 1e-3)])
-def test_two_rank_run_resumes_exactly(stage, method, tol, tiny_pretrained, small_data, tmp_path):
+@pytest.mark.parametrize("stage, method", [(2, "pcgrad"), (3, "none")])
+def test_two_rank_run_resumes_exactly(stage, method, tiny_pretrained, small_data, tmp_path):
     extra = {
         "train.zero_stage": stage,
         "mtl.method": method,
@@ -46,9 +46,5 @@ def test_two_rank_run_resumes_exactly(stage, method, tol, tiny_pretrained, small
         r"resuming at epoch \d+, micro-batch \d+, step (\d+)", (parts / "train.log").read_text()
     )
     assert resumed and 0 < int(resumed[1]) < 12
-    got, want = (json.loads((d / "metrics.json").read_text()) for d in (parts, whole))
-    if tol == 0.0:
-        assert got == want
-    else:
-        assert got["overall"] == pytest.approx(want["overall"], abs=tol)
-        assert got["sts"]["pearson"] == pytest.approx(want["sts"]["pearson"], abs=tol)
+    for name in ("metrics.json", "history.json"):
+        assert json.loads((parts / name).read_text()) == json.loads((whole / name).read_text()), name

@@ -83,3 +83,16 @@ def torchrun_popen(nproc: int, *args: str, log: Path) -> subprocess.Popen:
         env=cli_env() | {"OMP_NUM_THREADS": "1"},
         start_new_session=True,
     )
+
+
+def train_losses(run_dir: Path) -> dict[str, list[float]]:
+    """The ``train/<task>/loss`` scalars of a run's TensorBoard events, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {
+        tag: [e.value for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if tag.startswith("train/") and tag.endswith("/loss")
+    }
