@@ -96,6 +96,21 @@ def small_data(data_dir, tmp_path_factory) -> Path:
     return slice_files(data_dir, tmp_path_factory.mktemp("cs224n-small"), counts)
 
 
+@pytest.fixture(scope="session")
+def odd_data(data_dir, tmp_path_factory) -> Path:
+    """Real records whose training passes end in odd-sized batches: with a global batch of 16, SST (53 =
+    3 x 16 + 5), Quora (49 = 3 x 16 + 1, smaller than 2 ranks) and STS (59 = 3 x 16 + 11); 64 dev records."""
+    counts = {
+        "ids-sst-train.csv": 53,
+        "ids-sst-dev.csv": 64,
+        "quora-small-train.csv": 49,
+        "quora-small-dev.csv": 64,
+        "sts-train.csv": 59,
+        "sts-dev.csv": 64,
+    }
+    return slice_files(data_dir, tmp_path_factory.mktemp("cs224n-odd"), counts)
+
+
 def tiny_overrides(pretrained: Path, data: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides turning configs/quickstart.yaml into a seconds-long run on the tiny model."""
     base = {

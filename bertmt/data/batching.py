@@ -194,13 +194,19 @@ class TaskSampler:
     def _pass_batches(self, index: int) -> list[np.ndarray]:
         if index != self._pass:
             rng = np.random.default_rng([self.seed, index])
-            batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
-            self._batches = [b for b in batches if len(b) >= self.world]  # every rank gets at least one row
+            self._batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
             self._pass = index
         return self._batches
 
     def next(self) -> dict[str, torch.Tensor]:
-        batches = self._pass_batches(self.drawn // len(self))
-        rows = np.array_split(batches[self.drawn % len(self)], self.world)[self.rank]
+        """This rank's rows of the next global batch, and ``share`` = n_r * W / N (rows here, world size,
+        rows in the global batch): the factor that makes the rank's mean loss its part of the global-batch
+        mean once the ranks are averaged, so every row weighs 1/N however the batch splits. A rank left
+        without rows (a last batch smaller than the world) computes on one row of the batch with share 0:
+        it still runs every collective, and contributes nothing."""
+        batch = self._pass_batches(self.drawn // len(self))[self.drawn % len(self)]
+        rows = np.array_split(batch, self.world)[self.rank]
         self.drawn += 1
-        return collate(self.enc, rows)
+        out = collate(self.enc, rows if len(rows) else batch[:1])
+        out["share"] = torch.tensor(len(rows) * self.world / len(batch), dtype=torch.float64)
+        return out

@@ -63,9 +63,11 @@ class SurgeryStep:
             flat = torch.full_like(self.buffer.buffer[0], float("inf"))
         else:
             raise FloatingPointError("non-finite task gradient in fp32/bf16 training: the run diverged")
+        # c and g stay fp32: the products promote to fp32, so the loss scale that engine.backward applies
+        # meets fp32 numbers and each gradient is cast to the parameter's dtype only once it is scaled
         surrogate = sum((p * c).sum() for p, c in zip(self.shared, self.buffer.row_views(flat)))
         for task, grads in self.own_grads.items():
-            surrogate = surrogate + sum((p * g.to(p.dtype)).sum() for p, g in zip(self.own[task], grads))
+            surrogate = surrogate + sum((p * g).sum() for p, g in zip(self.own[task], grads))
         self.engine.backward(surrogate)
         self.engine.step()
         self.buffer.zero()

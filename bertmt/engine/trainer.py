@@ -185,6 +185,7 @@ class Trainer:
         inputs = model_inputs(batch, self.engine.device)
         labels = batch["labels"].to(self.engine.device)
         spec, weight = self.specs[task], self.cfg.tasks[task].weight
+        share = float(batch["share"])  # this rank's part of the global batch (TaskSampler.next)
         # surgery needs autograd.grad, which engine.forward's hooks break: it runs the bare module
         model = self.engine if self.surgery is None else self.engine.module
         outputs = model(task, **inputs)
@@ -196,16 +197,17 @@ class Trainer:
                 spec, lambda: self.engine.module(task, **inputs), inputs, task, outputs
             )
             total, logged = loss + extra, logged | parts
+        logged = {k: v * share for k, v in logged.items()}  # averaged over ranks: the global-batch mean
         if self.surgery is None:
-            self.engine.backward(total * weight)  # DeepSpeed divides by grad_accum, steps at boundaries
+            self.engine.backward(total * (weight * share))  # DeepSpeed divides by grad_accum, averages ranks
             self.engine.step()
         else:
-            self.surgery.micro_step(task, total * weight / self.cfg.train.grad_accum)
+            self.surgery.micro_step(task, total * (weight * share / self.cfg.train.grad_accum))
             if boundary:
                 self.surgery.optimizer_step()
         if boundary and self.smart is not None:
             self.smart.update_teacher()
-        return logged, int(inputs["attention_mask"].sum())
+        return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
 
     def fit(self) -> dict:
         """Train the remaining epochs (or until ``train.patience`` epochs bring no better dev score);

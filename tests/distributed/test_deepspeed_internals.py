@@ -39,6 +39,7 @@ def _two_heads_run(stage: int, fix: bool) -> list[list[float]]:
     import deepspeed
 
     model = TwoHeads()
+    out = [model.a.weight.detach().flatten().tolist()]  # before ZeRO-3 partitions it
     config = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
@@ -51,7 +52,6 @@ def _two_heads_run(stage: int, fix: bool) -> list[list[float]]:
     if fix:
         assert deepspeed_compat.clear_stale_zero3_gradients(engine) == (stage == 3)
     x = torch.arange(8, dtype=torch.float32).view(2, 4) / 8
-    out = [model.a.weight.detach().flatten().tolist()]
     for step in range(3):
         heads = ("a", "b") if step == 0 else ("b",)
         loss = sum(engine(x, h) for h in heads)
@@ -70,7 +70,7 @@ def _worker(rank: int, init: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend="gloo")
-    runs = {f"{stage}-{fix}": _two_heads_run(stage, fix) for stage in (0, 3) for fix in (False, True)}
+    runs = {f"{stage}-{fix}": _two_heads_run(stage, fix) for stage in (0, 1, 2, 3) for fix in (False, True)}
     Path(out).write_text(json.dumps(runs))
     dist.destroy_process_group()
 
@@ -86,6 +86,7 @@ def test_zero3_steps_an_absent_head_with_its_stale_gradient(two_heads):
     """The upstream bug (docs/upstream/deepspeed-zero3-stale-gradients.md): under stage 3 head a keeps moving
     at steps 2 and 3 although it is in no graph; stage 0 leaves it alone. If this fails, DeepSpeed fixed it."""
     stage0, stage3 = two_heads["0-False"], two_heads["3-False"]
+    assert two_heads["1-False"] == two_heads["2-False"] == stage0  # only stage 3 has the bug
     assert stage0[1] != stage0[0]  # step 1 trains head a
     assert stage0[2] == stage0[1] and stage0[3] == stage0[1]  # stage 0: head a stays after step 1
     assert stage3[2] != stage3[1] and stage3[3] != stage3[2]  # stage 3: still moving, with the old gradient
@@ -94,7 +95,8 @@ def test_zero3_steps_an_absent_head_with_its_stale_gradient(two_heads):
 
 def test_the_workaround_makes_zero3_step_like_stage0(two_heads):
     torch.testing.assert_close(torch.tensor(two_heads["3-True"]), torch.tensor(two_heads["0-True"]))
-    assert two_heads["0-True"] == two_heads["0-False"]  # nothing to do below stage 3
+    for stage in (0, 1, 2):
+        assert two_heads[f"{stage}-True"] == two_heads[f"{stage}-False"]  # nothing to do below stage 3
 
 
 def test_deepspeed_is_the_pinned_version():

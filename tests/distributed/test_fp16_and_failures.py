@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from tests.conftest import tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
@@ -47,6 +48,43 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
     assert ranks[0]["param"] == ranks[1]["param"]  # the ranks still hold the same weights
     ds = json.loads((tmp_path / "run" / "deepspeed_config.json").read_text())
     assert ds["fp16"]["enabled"] and ds["zero_optimization"]["stage"] == stage
+
+
+def _first_step_grads(pretrained, data, tmp_path, monkeypatch, precision: str) -> dict:
+    """Gradients DeepSpeed holds before the first optimiser step of a 1-rank PCGrad run at ZeRO 2 with
+    the default initial loss scale 2**16 and small task weights (their gradients underflow unscaled fp16)."""
+    out = tmp_path / precision
+    out.mkdir()
+    extra = {
+        "train.precision": precision,
+        "train.zero_stage": 2,
+        "train.batches_per_epoch": 3,
+        "model.dropout": 0.0,
+        **{f"tasks.{t}.weight": 1e-3 for t in ("sst", "quora", "sts")},
+    }
+    monkeypatch.setenv("BERTMT_TEST_FP16", "1")
+    monkeypatch.setenv("BERTMT_TEST_OUT", str(out))
+    monkeypatch.setenv("BERTMT_TEST_GRADS", str(out))
+    torchrun(1, *_args(pretrained, data, out / "run", **extra), module=WORKER)
+    record = json.loads((out / "rank0.json").read_text())
+    return {"skipped": record["skipped"], "grads": torch.load(out / "rank0-grads.pt")}
+
+
+def test_fp16_surgery_keeps_head_gradients_at_the_default_loss_scale(
+    tiny_no_dropout, small_data, tmp_path, monkeypatch
+):
+    """Task-head gradients reach DeepSpeed loss-scaled like every other gradient: no overflow at 2**16, and
+    equal to the fp32 run's to fp16 precision (they were cast to fp16 unscaled: inf or flushed to zero)."""
+    fp16 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp16")
+    fp32 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp32")
+    assert fp16["skipped"] == 0
+    heads = [n for n in fp32["grads"] if n.startswith("heads.")]
+    assert heads and fp16["grads"].keys() == fp32["grads"].keys()
+    for name in heads + ["encoder.encoder.layer.0.attention.self.query.weight"]:
+        want, got = fp32["grads"][name], fp16["grads"][name]
+        assert want.abs().max() > 0, name
+        # fp16 forward and backward: ~3 significant digits, relative to the tensor's largest entry
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()), msg=name)
 
 
 def test_fp16_without_the_overflow_skips_nothing(tiny_pretrained, small_data, tmp_path, monkeypatch):

@@ -3,7 +3,9 @@
 - BERTMT_TEST_FP16=1: DeepSpeed's CPU accelerator claims fp16 support (it refuses fp16 otherwise);
 - BERTMT_TEST_POISON=RANK:CALL: that rank's task loss of micro-batch CALL (0-based) becomes inf;
 - BERTMT_TEST_CRASH=RANK:CALL: that rank raises at micro-batch CALL;
-- BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing.
+- BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
+- BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
+  every parameter that DeepSpeed holds right before its first optimiser step.
 """
 
 from __future__ import annotations
@@ -56,10 +58,32 @@ def main() -> int:
         real_close(self)
 
     trainer_mod.Trainer.close = close
+    if os.environ.get("BERTMT_TEST_GRADS"):
+        _save_first_step_grads(os.environ["BERTMT_TEST_GRADS"], rank)
     torch.set_num_threads(1)
     from bertmt.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
+
+
+def _save_first_step_grads(out: str, rank: int) -> None:
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.utils import safe_get_full_grad
+
+    real_step, done = DeepSpeedEngine.step, []
+
+    def step(self, *args, **kwargs):
+        if not done and self.is_gradient_accumulation_boundary():
+            scale = float(getattr(self.optimizer, "cur_scale", 1.0)) if self.fp16_enabled() else 1.0
+            grads = {}
+            for name, p in self.module.named_parameters():
+                g = safe_get_full_grad(p)
+                grads[name] = None if g is None else g.float() / scale
+            torch.save(grads, os.path.join(out, f"rank{rank}-grads.pt"))
+            done.append(True)
+        return real_step(self, *args, **kwargs)
+
+    DeepSpeedEngine.step = step
 
 
 if __name__ == "__main__":

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from bertmt.data.batching import TaskSampler, bucketed_batches, collate, encode, eval_batches, padded_tokens
+from bertmt.data.batching import (
+    Encoded,
+    TaskSampler,
+    bucketed_batches,
+    collate,
+    encode,
+    eval_batches,
+    padded_tokens,
+)
 from bertmt.data.readers import read_task_file
 from bertmt.data.tasks import TASKS
 from bertmt.model import load_tokenizer
@@ -77,3 +85,28 @@ def test_sampler_shards_one_global_batch_across_ranks(sts):
     for _ in range(3):
         rows = single.next()["rows"]
         assert torch.equal(torch.cat([s.next()["rows"] for s in ranks]), rows)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_record_counts_once_with_weight_one_over_the_global_batch(sts, world):
+    """Odd-sized last batches, one smaller than the world size included: no record is dropped, each rank's
+    share n_r * W / N makes the rank average of (share x rank mean) the global-batch mean, and a rank without
+    rows gets share 0."""
+    n = 4 * world + 1  # passes of batch 4 * world end in a 1-row batch
+    enc = Encoded(sts.ids[:n], sts.input_ids, sts.token_types, sts.offsets[: n + 1], sts.labels[:n])
+    single = TaskSampler(enc, 4 * world, 50, seed=1)
+    ranks = [TaskSampler(enc, 4, 50, seed=1, rank=r, world=world) for r in range(world)]
+    assert len(single) == len(ranks[0]) == 2
+    for _ in range(2 * len(single)):  # two passes
+        whole = single.next()
+        parts = [s.next() for s in ranks]
+        assert float(whole["share"]) == 1.0
+        real = [p for p in parts if float(p["share"]) > 0]
+        assert torch.equal(torch.cat([p["rows"] for p in real]), whole["rows"])
+        labels = [p["labels"].double() for p in parts]
+        mean_of_shares = sum(float(p["share"]) * y.mean() for p, y in zip(parts, labels)) / world
+        torch.testing.assert_close(mean_of_shares, whole["labels"].double().mean())
+        if len(whole["rows"]) < world:
+            assert [float(p["share"]) for p in parts[len(whole["rows"]) :]] == [0.0] * (
+                world - len(whole["rows"])
+            )
