@@ -211,7 +211,9 @@ class SmartConfig:
 class MtlConfig:
     method: Literal["none", "pcgrad", "gradvac"] = "none"  # gradient surgery on the shared encoder
     surgery: bool = False  # per-task gradients even for method none (weights = sum/mean); implied by a method
-    reduction: Literal["sum", "mean"] = "sum"  # combine the (projected) task gradients by sum or mean
+    # sum: tasks weighted as plain training weights them (by their micro-batches in the step); mean: every
+    # task present in the step once, with its mean micro-batch gradient (bertmt.mtl.gram.task_scales)
+    reduction: Literal["sum", "mean"] = "sum"
     beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
     reduce: Literal["all_reduce", "reduce_scatter"] = "reduce_scatter"  # how the T x D buffer crosses ranks
     smart: SmartConfig = field(default_factory=SmartConfig)

@@ -10,28 +10,31 @@ DeepSpeed's loss scaling, averaging across ranks, ZeRO partitioning and clipping
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 
 from bertmt.config import MtlConfig
-from bertmt.mtl.gram import make_method
+from bertmt.mtl.gram import make_method, task_scales
 from bertmt.mtl.reduce import Combined, TaskGradients
 
 log = logging.getLogger(__name__)
 
 
 class SurgeryStep:
-    def __init__(self, engine, tasks: list[str], cfg: MtlConfig, seed: int, fp16: bool) -> None:
+    def __init__(
+        self, engine, tasks: list[str], cfg: MtlConfig, seed: int, fp16: bool, accum: int
+    ) -> None:
         model = engine.module
         self.engine, self.tasks, self.fp16 = engine, tasks, fp16
         self.shared = [p for p in model.shared_parameters() if p.requires_grad]
         self.own = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in tasks}
         self.buffer = TaskGradients(self.shared, len(tasks), cfg.reduce)
         self.own_grads: dict[str, list[torch.Tensor]] = {}
-        options = {"reduction": cfg.reduction, "seed": seed}
-        if cfg.method == "gradvac":
-            options["beta"] = cfg.beta
+        self.micro_batches = [0] * len(tasks)  # per task, in the current optimiser step
+        self.reduction, self.accum = cfg.reduction, accum
+        options = {"seed": seed} | ({"beta": cfg.beta} if cfg.method == "gradvac" else {})
         self.method = make_method(cfg.method, len(tasks), **options)
         self.last: Combined | None = None
 
@@ -44,6 +47,7 @@ class SurgeryStep:
         params = self.shared + self.own[task]
         grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
         self.buffer.add(self.tasks.index(task), grads[: len(self.shared)], scale)
+        self.micro_batches[self.tasks.index(task)] += 1
         own = [
             torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() / scale
             for p, g in zip(self.own[task], grads[len(self.shared) :])
@@ -55,8 +59,12 @@ class SurgeryStep:
             self.own_grads[task] = own
 
     def optimizer_step(self) -> Combined:
-        """Combine the task gradients, hand them to the engine, step; returns weights and Gram matrix."""
-        combined = self.buffer.combine(self.method)
+        """Combine the task gradients, hand them to the engine, step; returns weights and Gram matrix.
+        A step that DeepSpeed skips (fp16 overflow) leaves the method's state (GradVac's targets, the task
+        orders' generator) as it was, like the parameters."""
+        before = copy.deepcopy(self.method.state_dict())
+        scales = task_scales(self.micro_batches, self.accum, self.reduction)
+        combined = self.buffer.combine(self.method, scales)
         if combined.finite:
             flat = self.buffer.combined_local(combined.weights)
         elif self.fp16:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
@@ -70,8 +78,11 @@ class SurgeryStep:
             surrogate = surrogate + sum((p * g).sum() for p, g in zip(self.own[task], grads))
         self.engine.backward(surrogate)
         self.engine.step()
+        if not self.engine.was_step_applied():
+            self.method.load_state_dict(before)
         self.buffer.zero()
         self.own_grads = {}
+        self.micro_batches = [0] * len(self.tasks)
         self.last = combined
         return combined
 

@@ -80,7 +80,12 @@ class Trainer:
         deepspeed_compat.clear_stale_zero3_gradients(self.engine)
         self.surgery = (
             SurgeryStep(
-                self.engine, list(self.samplers), cfg.mtl, cfg.run.seed, fp16=cfg.train.precision == "fp16"
+                self.engine,
+                list(self.samplers),
+                cfg.mtl,
+                cfg.run.seed,
+                fp16=cfg.train.precision == "fp16",
+                accum=cfg.train.grad_accum,
             )
             if cfg.mtl.per_task
             else None

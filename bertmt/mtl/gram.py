@@ -5,12 +5,13 @@ Each projected task gradient is kept as a linear combination of the original one
 T x T numbers, never D-sized vectors, which is what lets them run on gradients sharded across ranks.
 ``weights(gram)`` returns w (T,) with the final shared gradient ``w @ G``. Random task orders come from a
 seeded generator held in the method's state, so every rank draws the same orders and a resumed run continues
-the same sequence.
+the same sequence. ``combine`` applies the reduction (``task_scales``) around a method.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -21,12 +22,10 @@ Reduction = Literal["sum", "mean"]
 class Method:
     """Base: combine the task gradients with weights computed from their Gram matrix."""
 
-    def __init__(self, num_tasks: int, reduction: Reduction = "sum", seed: int = 0) -> None:
+    def __init__(self, num_tasks: int, seed: int = 0) -> None:
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        self.num_tasks, self.reduction = num_tasks, reduction
+        self.num_tasks = num_tasks
         self.generator = torch.Generator().manual_seed(seed)
 
     def draw_orders(self) -> list[list[int]]:
@@ -45,8 +44,7 @@ class Method:
                 f"Gram matrix must be {self.num_tasks} x {self.num_tasks}, got {tuple(gram.shape)}"
             )
         c = self.combination(gram, self.draw_orders() if orders is None else orders)
-        w = c.sum(0)  # sum_i g'_i = sum_i sum_k C[i, k] g_k
-        return w / self.num_tasks if self.reduction == "mean" else w
+        return c.sum(0)  # sum_i g'_i = sum_i sum_k C[i, k] g_k
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -56,7 +54,7 @@ class Method:
 
 
 class Sum(Method):
-    """No surgery: the sum (or mean) of the task gradients."""
+    """No surgery: the sum of the task gradients."""
 
 
 class PCGrad(Method):
@@ -75,10 +73,8 @@ class PCGrad(Method):
 class GradVac(Method):
     """Wang et al. 2020: raise cos(g'_i, g_j) to an EMA target phi_ij (starting at 0, rate ``beta``)."""
 
-    def __init__(
-        self, num_tasks: int, beta: float = 0.01, reduction: Reduction = "sum", seed: int = 0
-    ) -> None:
-        super().__init__(num_tasks, reduction, seed)
+    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0) -> None:
+        super().__init__(num_tasks, seed)
         if not 0 < beta <= 1:
             raise ValueError(f"gradvac beta must be in (0, 1], got {beta}")
         self.beta = beta
@@ -115,7 +111,34 @@ METHODS: dict[str, type[Method]] = {"none": Sum, "pcgrad": PCGrad, "gradvac": Gr
 
 
 def make_method(name: str, num_tasks: int, **options) -> Method:
-    """``make_method("gradvac", 3, beta=0.01)``; options: reduction ("sum"|"mean"), seed, beta (gradvac)."""
+    """``make_method("gradvac", 3, beta=0.01)``; options: seed, beta (gradvac)."""
     if name not in METHODS:
         raise ValueError(f"unknown gradient-surgery method '{name}': expected one of {sorted(METHODS)}")
     return METHODS[name](num_tasks, **options)
+
+
+def task_scales(micro_batches: Sequence[int], accum: int, reduction: Reduction) -> torch.Tensor:
+    """Factors d (T,) on the rows of G before a method sees them. Row k holds task k's gradient as plain
+    training accumulates it: the sum over its ``micro_batches[k]`` micro-batches of their gradients / accum.
+
+    - ``sum``: d = 1. A task drawn twice in a step counts twice, exactly as in plain training; surgery with
+      method none is plain training.
+    - ``mean``: every task present in the step counts once, with its mean micro-batch gradient, and the
+      combination is divided by the number of tasks present: d_k = accum / (n_k * T_present). It equals plain
+      training (and ``sum``) when the present tasks are drawn equally often, e.g. round robin with
+      grad_accum a multiple of T; absent tasks (n_k = 0) do not count.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    n = torch.tensor(micro_batches, dtype=torch.float64)
+    if reduction == "sum":
+        return torch.ones_like(n)
+    present = int((n > 0).sum())
+    return torch.where(n > 0, accum / (n.clamp(min=1) * max(present, 1)), torch.zeros_like(n))
+
+
+def combine(method: Method, gram: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights w on the unscaled rows G, and the Gram matrix of the scaled rows D G that ``method`` saw:
+    ``w = method.weights(D M D) * d``, so that ``w @ G = method.weights(D M D) @ (D G)``."""
+    scaled = gram * scales[:, None] * scales[None, :]
+    return method.weights(scaled) * scales, scaled

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bertmt.mtl.gram import Method
+from bertmt.mtl.gram import Method, combine
 
 
 @dataclass
 class Combined:
     weights: torch.Tensor  # (T,) float64
-    gram: torch.Tensor  # (T, T) float64, of the rank-averaged task gradients
+    gram: torch.Tensor  # (T, T) float64, of the rank-averaged task gradients (scaled by the reduction)
     finite: bool  # False if any rank's buffer held inf/nan (fp16 overflow): skip the step
 
 
@@ -87,11 +87,13 @@ class TaskGradients:
             dist.all_reduce(gram)
         return gram, bool(torch.isfinite(gram.diagonal()).all())
 
-    def combine(self, method: Method) -> Combined:
+    def combine(self, method: Method, scales: torch.Tensor) -> Combined:
+        """The method's weights on the rows scaled by ``scales`` (gram.task_scales: the reduction)."""
         gram, finite = self.gram()
         if not finite:
             return Combined(torch.zeros(self.buffer.size(0), dtype=torch.float64), gram, False)
-        return Combined(method.weights(gram), gram, True)
+        weights, scaled = combine(method, gram, scales)
+        return Combined(weights, scaled, True)
 
     def combined_local(self, weights: torch.Tensor) -> torch.Tensor:
         """``w @ G_local`` as a flat fp32 vector (the engine averages it across ranks)."""

@@ -78,6 +78,12 @@ class Smart:
         if cfg.bregman_weight > 0:
             self.teacher = copy.deepcopy(model).eval()
             self.teacher.requires_grad_(False)
+            # the EMA runs in fp32 (in bf16/fp16 the (1 - beta) increments would mostly round away); for an
+            # fp32 model the average is the teacher's own parameters
+            self.average = [
+                t.detach() if t.dtype == torch.float32 else t.detach().float().clone()
+                for t in self.teacher.parameters()
+            ]
 
     def adversarial(
         self, spec: TaskSpec, forward: Callable[[], torch.Tensor], clean: torch.Tensor
@@ -115,12 +121,20 @@ class Smart:
         if self.teacher is None:
             return
         beta = self.cfg.teacher_beta
-        for t, p in zip(self.teacher.parameters(), self.model.parameters()):
-            t.mul_(beta).add_(p.detach().to(t.dtype), alpha=1 - beta)
+        for avg, t, p in zip(self.average, self.teacher.parameters(), self.model.parameters()):
+            avg.mul_(beta).add_(p.detach().float(), alpha=1 - beta)
+            t.copy_(avg)
 
     def state_dict(self) -> dict:
-        return {} if self.teacher is None else {"teacher": self.teacher.state_dict()}
+        return {} if self.teacher is None else {"teacher_fp32": [a.clone() for a in self.average]}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.teacher is not None and "teacher" in state:
+        if self.teacher is None:
+            return
+        if "teacher" in state:  # checkpoints written before the fp32 average
             self.teacher.load_state_dict(state["teacher"])
+        saved = state.get("teacher_fp32", list(self.teacher.parameters()))
+        with torch.no_grad():
+            for avg, t, a in zip(self.average, self.teacher.parameters(), saved):
+                avg.copy_(a)
+                t.copy_(avg)

@@ -1,6 +1,6 @@
-"""DeepSpeed alone (no bertmt training code): the upstream behaviours that bertmt works around, reproduced, and
-the workarounds checked. When a DeepSpeed upgrade fixes a bug, its reproduction fails here: drop the workaround
-in bertmt/engine/deepspeed_compat.py and the pin in setup.py together.
+"""DeepSpeed alone (no bertmt training code): the upstream behaviours that bertmt works around, reproduced,
+and the workarounds checked. When a DeepSpeed upgrade fixes a bug, its reproduction fails here: drop the
+workaround in bertmt/engine/deepspeed_compat.py and the pin in setup.py together.
 
 One process per check (mp.spawn), so that this test process never initialises torch.distributed."""
 
@@ -83,8 +83,9 @@ def two_heads(tmp_path_factory) -> dict[str, list[list[float]]]:
 
 
 def test_zero3_steps_an_absent_head_with_its_stale_gradient(two_heads):
-    """The upstream bug (docs/upstream/deepspeed-zero3-stale-gradients.md): under stage 3 head a keeps moving
-    at steps 2 and 3 although it is in no graph; stage 0 leaves it alone. If this fails, DeepSpeed fixed it."""
+    """The upstream bug (docs/upstream/deepspeed-zero3-stale-gradients.md): under stage 3 head a keeps
+    moving at steps 2 and 3 although it is in no graph; stage 0 leaves it alone. If this fails, DeepSpeed
+    fixed it."""
     stage0, stage3 = two_heads["0-False"], two_heads["3-False"]
     assert two_heads["1-False"] == two_heads["2-False"] == stage0  # only stage 3 has the bug
     assert stage0[1] != stage0[0]  # step 1 trains head a

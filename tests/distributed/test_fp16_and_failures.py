@@ -50,6 +50,36 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
     assert ds["fp16"]["enabled"] and ds["zero_optimization"]["stage"] == stage
 
 
+@pytest.mark.parametrize("method", ["gradvac", "pcgrad"])
+def test_a_step_deepspeed_skips_leaves_the_surgery_state_unchanged(
+    method, tiny_pretrained, small_data, tmp_path, monkeypatch
+):
+    """An overflow only DeepSpeed sees (a task-head gradient; the shared ones and so the Gram matrix stay
+    finite): every rank skips the step, and GradVac's targets / the task-order generator do not advance."""
+    extra = {
+        "mtl.method": method,
+        "mtl.beta": 0.5,
+        "train.precision": "fp16",
+        "train.zero_stage": 2,
+        "train.loss_scale_hysteresis": 1,
+        "train.initial_scale_power": 10,
+    }
+    for var, value in {
+        "BERTMT_TEST_FP16": "1",
+        "BERTMT_TEST_OUT": str(tmp_path),
+        "BERTMT_TEST_SURGERY": str(tmp_path),
+        "BERTMT_TEST_POISON_HEAD": "1:4",  # rank 1, second optimiser step (micro-batches 3-5)
+    }.items():
+        monkeypatch.setenv(var, value)
+    torchrun(2, *_args(tiny_pretrained, small_data, tmp_path / "run", **extra), module=WORKER)
+    for rank in range(2):
+        steps = json.loads((tmp_path / f"rank{rank}-surgery.json").read_text())
+        assert [s["applied"] for s in steps] == [True, False, True, True]
+        assert [s["state_changed"] for s in steps] == [True, False, True, True]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["skipped"] for r in ranks] == [1, 1] and ranks[0]["param"] == ranks[1]["param"]
+
+
 def _first_step_grads(pretrained, data, tmp_path, monkeypatch, precision: str) -> dict:
     """Gradients DeepSpeed holds before the first optimiser step of a 1-rank PCGrad run at ZeRO 2 with
     the default initial loss scale 2**16 and small task weights (their gradients underflow unscaled fp16)."""

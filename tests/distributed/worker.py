@@ -4,6 +4,11 @@
 - BERTMT_TEST_POISON=RANK:CALL: that rank's task loss of micro-batch CALL (0-based) becomes inf;
 - BERTMT_TEST_CRASH=RANK:CALL: that rank raises at micro-batch CALL;
 - BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
+- BERTMT_TEST_POISON_HEAD=RANK:CALL: after that rank's micro-batch CALL, its task-head gradient held by the
+  surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite Gram matrix,
+  DeepSpeed an overflow);
+- BERTMT_TEST_SURGERY=DIR: each rank writes DIR/rank<r>-surgery.json: per optimiser step, whether DeepSpeed
+  applied it and whether the surgery method's state (generator, GradVac targets) changed;
 - BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
   every parameter that DeepSpeed holds right before its first optimiser step.
 """
@@ -60,6 +65,8 @@ def main() -> int:
     trainer_mod.Trainer.close = close
     if os.environ.get("BERTMT_TEST_GRADS"):
         _save_first_step_grads(os.environ["BERTMT_TEST_GRADS"], rank)
+    if os.environ.get("BERTMT_TEST_SURGERY"):
+        _record_surgery_steps(os.environ["BERTMT_TEST_SURGERY"], rank, _at("BERTMT_TEST_POISON_HEAD"))
     torch.set_num_threads(1)
     from bertmt.cli import main as cli_main
 
@@ -84,6 +91,32 @@ def _save_first_step_grads(out: str, rank: int) -> None:
         return real_step(self, *args, **kwargs)
 
     DeepSpeedEngine.step = step
+
+
+def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -> None:
+    import copy
+
+    from bertmt.engine.surgery import SurgeryStep
+
+    real_micro, real_step, calls, steps = SurgeryStep.micro_step, SurgeryStep.optimizer_step, [0], []
+
+    def micro_step(self, task, loss):
+        call, calls[0] = calls[0], calls[0] + 1
+        real_micro(self, task, loss)
+        if poison == (rank, call):
+            self.own_grads[task][0].fill_(float("inf"))
+
+    def optimizer_step(self):
+        before = copy.deepcopy(self.method.state_dict())
+        combined = real_step(self)
+        after = self.method.state_dict()
+        same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+        steps.append({"applied": self.engine.was_step_applied(), "state_changed": not same})
+        with open(os.path.join(out, f"rank{rank}-surgery.json"), "w") as fp:
+            json.dump(steps, fp)
+        return combined
+
+    SurgeryStep.micro_step, SurgeryStep.optimizer_step = micro_step, optimizer_step
 
 
 if __name__ == "__main__":

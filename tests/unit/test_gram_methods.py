@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 
 from bertmt.mtl import make_method
+from bertmt.mtl.gram import combine, task_scales
 
 
 def naive_pcgrad(grads: np.ndarray, orders) -> np.ndarray:
@@ -97,11 +98,41 @@ def test_gradvac_matches_the_vector_algorithm_over_steps(case, beta, steps):
 
 
 @given(task_grads())
-def test_none_is_the_sum_or_mean(case):
+def test_none_is_the_sum(case):
     grads, _ = case
     gram = torch.from_numpy(grads @ grads.T)
     _close(make_method("none", len(grads)).weights(gram).numpy() @ grads, grads.sum(0))
-    _close(make_method("none", len(grads), reduction="mean").weights(gram).numpy() @ grads, grads.mean(0))
+
+
+def test_reduction_sum_is_plain_accumulation_and_mean_weighs_each_present_task_once():
+    """Rows as accumulated over a step of 6 micro-batches: task 0 drawn 3 times, task 1 twice, task 2 once,
+    task 3 absent. ``sum`` keeps plain training's sum; ``mean`` averages the per-task mean gradients of the
+    three present tasks; with equal draws (round robin) both equal plain training."""
+    rng = np.random.default_rng(0)
+    micro = [rng.normal(size=(n, 8)) for n in (3, 2, 1, 0)]  # each micro-batch's gradient
+    accum = 6
+    rows = np.stack([m.sum(0) / accum if len(m) else np.zeros(8) for m in micro])
+    gram = torch.from_numpy(rows @ rows.T)
+    counts = [len(m) for m in micro]
+    w, _ = combine(make_method("none", 4), gram, task_scales(counts, accum, "sum"))
+    _close(w.numpy() @ rows, np.concatenate(micro[:3]).sum(0) / accum)  # = plain training
+    w, scaled = combine(make_method("none", 4), gram, task_scales(counts, accum, "mean"))
+    _close(w.numpy() @ rows, np.mean([m.mean(0) for m in micro[:3]], axis=0))
+    assert scaled[3].abs().sum() == 0  # the absent task is no task
+    # round robin, 2 tasks x 2 micro-batches: d = accum / (n_k * T_present) = 4 / (2 * 2) = 1, as for sum
+    assert task_scales([2, 2], 4, "mean").tolist() == task_scales([2, 2], 4, "sum").tolist() == [1.0, 1.0]
+
+
+@given(task_grads())
+def test_a_method_on_scaled_rows_is_the_method_on_the_scaled_gradients(case):
+    """``combine`` = running the method on the rows D G directly (checked with the naive PCGrad)."""
+    grads, orders = case
+    d = np.linspace(0.5, 2.0, len(grads))
+    gram = torch.from_numpy(grads @ grads.T)
+    method = make_method("pcgrad", len(grads))
+    method.draw_orders = lambda: orders
+    w, _ = combine(method, gram, torch.from_numpy(d))
+    _close(w.numpy() @ grads, naive_pcgrad(grads * d[:, None], orders))
 
 
 def test_pcgrad_removes_the_conflict_of_two_opposed_gradients():
@@ -136,7 +167,6 @@ def test_gradvac_state_round_trips_targets():
     [
         ("mgda", {}, "unknown gradient-surgery method 'mgda': expected one of ['gradvac', 'none', 'pcgrad']"),
         ("gradvac", {"beta": 0.0}, "gradvac beta must be in (0, 1]"),
-        ("none", {"reduction": "max"}, "reduction must be 'sum' or 'mean'"),
     ],
 )
 def test_bad_method_options(name, options, message):
