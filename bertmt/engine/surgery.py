@@ -23,9 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class SurgeryStep:
-    def __init__(
-        self, engine, tasks: list[str], cfg: MtlConfig, seed: int, fp16: bool, accum: int
-    ) -> None:
+    def __init__(self, engine, tasks: list[str], cfg: MtlConfig, seed: int, fp16: bool, accum: int) -> None:
         model = engine.module
         self.engine, self.tasks, self.fp16 = engine, tasks, fp16
         self.shared = [p for p in model.shared_parameters() if p.requires_grad]

@@ -128,7 +128,7 @@ class Trainer:
             sched.max_repeats,
             {t: cfg.tasks[t].sample_weight for t in self.samplers},
         )
-        per_epoch = self._epoch_length()
+        per_epoch = epoch_length(cfg, self.schedule, self.samplers, self.world)
         accum = cfg.train.grad_accum
         self.batches_per_epoch = -(-per_epoch // accum) * accum  # whole optimiser steps per epoch
         log.info(
@@ -139,22 +139,6 @@ class Trainer:
             cfg.train.epochs,
             self.world,
         )
-
-    def _epoch_length(self) -> int:
-        """Micro-batches per epoch: train.batches_per_epoch, else schedule.samples_per_epoch, else one pass
-        over schedule.epoch_task, else one pass over every task's data."""
-        cfg, samplers = self.cfg, self.samplers
-        if cfg.train.batches_per_epoch:
-            return cfg.train.batches_per_epoch
-        p = dict(zip(self.schedule.tasks, self.schedule.probabilities(0)))
-        if cfg.schedule.kind == "round_robin":
-            p = {t: 1 / len(samplers) for t in samplers}
-        if cfg.schedule.samples_per_epoch:
-            mean_batch = sum(p[t] * s.batch_size * self.world for t, s in samplers.items())
-            return math.ceil(cfg.schedule.samples_per_epoch / mean_batch)
-        if cfg.schedule.epoch_task:
-            return math.ceil(len(samplers[cfg.schedule.epoch_task]) / p[cfg.schedule.epoch_task])
-        return sum(len(s) for s in samplers.values())
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run_dir / "config.yaml")
@@ -376,6 +360,25 @@ class Trainer:
         self.engine.destroy()
         if dist.is_initialized() and not keep_process_group:
             dist.destroy_process_group()
+
+
+def epoch_length(
+    cfg: ExperimentConfig, schedule: TaskSchedule, samplers: dict[str, TaskSampler], world: int
+) -> int:
+    """Micro-batches per epoch: train.batches_per_epoch, else schedule.samples_per_epoch examples (global
+    batches of batch_size x world, at the first epoch's sampling probabilities), else one expected pass over
+    schedule.epoch_task, else one pass over every task's data."""
+    if cfg.train.batches_per_epoch:
+        return cfg.train.batches_per_epoch
+    p = dict(zip(schedule.tasks, schedule.probabilities(0)))
+    if cfg.schedule.kind == "round_robin":
+        p = {t: 1 / len(samplers) for t in samplers}
+    if cfg.schedule.samples_per_epoch:
+        mean_batch = sum(p[t] * s.batch_size * world for t, s in samplers.items())
+        return math.ceil(cfg.schedule.samples_per_epoch / mean_batch)
+    if cfg.schedule.epoch_task:
+        return math.ceil(len(samplers[cfg.schedule.epoch_task]) / p[cfg.schedule.epoch_task])
+    return sum(len(s) for s in samplers.values())
 
 
 def _fmt(results: dict, specs: dict) -> str:

@@ -1,14 +1,19 @@
 """Distributed equivalence (fp32, CPU, tiny model without dropout): 2 processes with per-rank batch b give
 the same per-step losses and final parameters as 1 process with batch 2b, for surgery methods none, pcgrad
-and gradvac at ZeRO 0, 1 and 2 and plain training at ZeRO 0-3, with gradient accumulation 2, on data whose
-passes end in odd-sized batches (one smaller than the world size) and runs that wrap a pass. Surgery with
-method none is plain training."""
+and gradvac at ZeRO 0, 1 and 2 and plain training at ZeRO 0-3, with gradient accumulation 2, round robin and a
+sampled (annealed) schedule (tasks drawn twice in a step or absent from it), on data whose passes end in
+odd-sized batches (one smaller than the world size) and runs that wrap a pass. Surgery with
+method none is plain training. The 2-rank runs' sharded dev evaluation scores every example once: their
+metrics, history and dev predictions are the 1-rank ones, and those of a 1-process `bertmt eval`."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,6 +26,9 @@ GLOBAL_BATCH = 16
 
 
 def _args(pretrained, data, run_dir, method: str, stage: int, batch: int) -> list[str]:
+    """``method``: plain (DeepSpeed's own accumulation) or a surgery method, optionally ``+<schedule kind>``
+    (default round robin)."""
+    method, _, schedule = method.partition("+")
     extra = {
         "train.epochs": 1,
         "train.batches_per_epoch": 2 * STEPS,
@@ -33,6 +41,8 @@ def _args(pretrained, data, run_dir, method: str, stage: int, batch: int) -> lis
         "tasks.sst.test": None,
         "tasks.sts.test": None,
         "optim.warmup_ratio": 0.0,
+        "data.eval_batch_size": 16,  # 4 dev batches per task: 2 ranks score 2 each
+        "schedule.kind": schedule or "round_robin",  # sampled: a task twice in a step, absent from others
     }
     extra |= {f"tasks.{t}.batch_size": batch for t in ("sst", "quora", "sts")}
     return tiny_overrides(pretrained, data, run_dir, **extra)
@@ -76,7 +86,8 @@ def _assert_same_training(got: Path, want: Path) -> None:
         torch.testing.assert_close(p_got[name], p_want[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-CASES = [(m, s) for m in ("plain", "none", "pcgrad", "gradvac") for s in (0, 1, 2)] + [("plain", 3)]
+CASES = [(m, s) for m in ("plain", "none", "pcgrad", "gradvac") for s in (0, 1, 2)]
+CASES += [("plain", 3), ("plain+annealed", 2), ("gradvac+annealed", 1)]
 
 
 @pytest.mark.parametrize("method, stage", CASES)  # plain: DeepSpeed's own accumulation
@@ -86,6 +97,59 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(method, stage, run, tiny_
     start = load_file(str(tiny_no_dropout / "model.safetensors"))
     query = "encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(_best(one)[f"encoder.{query}"], start[query])  # it trained
+
+
+def _dev_predictions(run_dir: Path) -> dict[str, np.ndarray]:
+    return {
+        p.name: np.loadtxt(p, delimiter=",", skiprows=1, usecols=1, dtype=np.float64)
+        for p in sorted((run_dir / "predictions").glob("*-dev.csv"))
+    }
+
+
+def _assert_same_evaluation(got: Path, want: Path, tol: float) -> None:
+    for name in ("metrics.json", "history.json"):
+        a, b = (dict(_leaves(json.loads((d / name).read_text()))) for d in (got, want))
+        assert a.keys() == b.keys(), name
+        np.testing.assert_allclose([a[k] for k in b], list(b.values()), rtol=tol, atol=tol, err_msg=name)
+    pa, pb = _dev_predictions(got), _dev_predictions(want)
+    assert pa.keys() == pb.keys() == {"quora-dev.csv", "sst-dev.csv", "sts-dev.csv"}
+    for name in pa:
+        assert len(pa[name]) == 64
+        np.testing.assert_allclose(pa[name], pb[name], atol=1e-4 + tol, err_msg=name)  # 4 decimals
+
+
+def _leaves(tree, path: str = "") -> list[tuple[str, float]]:
+    """(path, number) for every number in a JSON tree."""
+    if isinstance(tree, dict):
+        return [x for k, v in tree.items() for x in _leaves(v, f"{path}/{k}")]
+    if isinstance(tree, list):
+        return [x for i, v in enumerate(tree) for x in _leaves(v, f"{path}/{i}")]
+    return [(path, float(tree))]
+
+
+@pytest.mark.parametrize("method", ["plain", "pcgrad"])
+def test_sharded_evaluation_scores_every_dev_example_once(method, run, tmp_path):
+    """2 ranks evaluate their dev shards during training; the gathered scores equal the 1-rank run's and
+    those of a 1-process `bertmt eval` / `bertmt predict --split dev` of the same best weights."""
+    two = run(method, 1, 2)
+    _assert_same_evaluation(two, run(method, 1, 1), tol=1e-5)
+    alone = tmp_path / "alone"
+    shutil.copytree(two, alone)
+    bertmt("eval", str(alone))
+    bertmt("predict", str(alone), "--split", "dev")
+    evaluated = json.loads(next((alone / "eval").glob("metrics-*.json")).read_text())["metrics"]
+    (alone / "metrics.json").write_text(json.dumps(evaluated))
+    (alone / "history.json").write_text((two / "history.json").read_text())
+    _assert_same_evaluation(alone, two, tol=1e-6)
+
+
+def test_rank_0_alone_writes_the_run_directory(run):
+    """One TensorBoard event file, each log line once, the world size recorded: rank 1 writes nothing."""
+    two = run("plain", 0, 2)
+    assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    log = (two / "train.log").read_text()
+    assert log.count("epoch 1 dev:") == 1 and log.count("finished in") == 1 and "[rank1]" not in log
+    assert json.loads((two / "run_info.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])

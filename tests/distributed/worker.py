@@ -3,21 +3,26 @@
 - BERTMT_TEST_FP16=1: DeepSpeed's CPU accelerator claims fp16 support (it refuses fp16 otherwise);
 - BERTMT_TEST_POISON=RANK:CALL: that rank's task loss of micro-batch CALL (0-based) becomes inf;
 - BERTMT_TEST_CRASH=RANK:CALL: that rank raises at micro-batch CALL;
+- BERTMT_TEST_HANG=RANK:CALL: that rank stops at micro-batch CALL and waits forever (a hung rank);
+- BERTMT_TEST_KILL=CALL: every rank kills itself (SIGKILL) at micro-batch CALL of this process;
 - BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
 - BERTMT_TEST_POISON_HEAD=RANK:CALL: after that rank's micro-batch CALL, its task-head gradient held by the
   surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite Gram matrix,
   DeepSpeed an overflow);
 - BERTMT_TEST_SURGERY=DIR: each rank writes DIR/rank<r>-surgery.json: per optimiser step, whether DeepSpeed
-  applied it and whether the surgery method's state (generator, GradVac targets) changed;
+  applied it, whether the surgery method's state (generator, GradVac targets) and the weights changed;
 - BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
-  every parameter that DeepSpeed holds right before its first optimiser step.
+  every parameter that DeepSpeed holds right before its first optimiser step, and the micro-batches of
+  that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 
 import torch
 
@@ -35,13 +40,19 @@ def main() -> int:
 
         get_accelerator().is_fp16_supported = lambda: True
     rank = int(os.environ.get("RANK", "0"))
-    poison, crash = _at("BERTMT_TEST_POISON"), _at("BERTMT_TEST_CRASH")
+    poison, crash, hang = _at("BERTMT_TEST_POISON"), _at("BERTMT_TEST_CRASH"), _at("BERTMT_TEST_HANG")
+    kill = int(os.environ["BERTMT_TEST_KILL"]) if os.environ.get("BERTMT_TEST_KILL") else None
     real_loss, calls = trainer_mod.task_loss, [0]
 
     def task_loss(spec, outputs, labels):
         call, calls[0] = calls[0], calls[0] + 1
         if crash and crash == (rank, call):
             raise RuntimeError(f"test crash on rank {rank} at micro-batch {call}")
+        if hang and hang == (rank, call):
+            print(f"test hang on rank {rank} at micro-batch {call}", file=sys.stderr, flush=True)
+            time.sleep(10**6)
+        if kill == call:
+            os.kill(os.getpid(), signal.SIGKILL)
         loss = real_loss(spec, outputs, labels)
         return loss * float("inf") if poison and poison == (rank, call) else loss
 
@@ -77,7 +88,23 @@ def _save_first_step_grads(out: str, rank: int) -> None:
     from deepspeed.runtime.engine import DeepSpeedEngine
     from deepspeed.utils import safe_get_full_grad
 
-    real_step, done = DeepSpeedEngine.step, []
+    from bertmt.data.batching import TaskSampler
+    from bertmt.engine.trainer import Trainer
+
+    real_step, done, micro_batches, current = DeepSpeedEngine.step, [], [], []
+    real_train_step, real_next = Trainer.train_step, TaskSampler.next
+
+    def train_step(self, task, boundary):
+        current[:] = [task]
+        return real_train_step(self, task, boundary)
+
+    def next_batch(self):
+        batch = real_next(self)
+        if not done:
+            micro_batches.append((current[0], batch["rows"].tolist(), float(batch["share"])))
+        return batch
+
+    Trainer.train_step, TaskSampler.next = train_step, next_batch
 
     def step(self, *args, **kwargs):
         if not done and self.is_gradient_accumulation_boundary():
@@ -86,7 +113,8 @@ def _save_first_step_grads(out: str, rank: int) -> None:
             for name, p in self.module.named_parameters():
                 g = safe_get_full_grad(p)
                 grads[name] = None if g is None else g.float() / scale
-            torch.save(grads, os.path.join(out, f"rank{rank}-grads.pt"))
+            record = {"grads": grads, "micro_batches": micro_batches}
+            torch.save(record, os.path.join(out, f"rank{rank}-grads.pt"))
             done.append(True)
         return real_step(self, *args, **kwargs)
 
@@ -106,12 +134,21 @@ def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -
         if poison == (rank, call):
             self.own_grads[task][0].fill_(float("inf"))
 
+    def weights(self):
+        return torch.cat([p.detach().float().flatten() for p in self.engine.module.parameters()])
+
     def optimizer_step(self):
-        before = copy.deepcopy(self.method.state_dict())
+        before, weights_before = copy.deepcopy(self.method.state_dict()), weights(self)
         combined = real_step(self)
         after = self.method.state_dict()
         same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-        steps.append({"applied": self.engine.was_step_applied(), "state_changed": not same})
+        steps.append(
+            {
+                "applied": self.engine.was_step_applied(),
+                "state_changed": not same,
+                "weights_changed": not torch.equal(weights(self), weights_before),
+            }
+        )
         with open(os.path.join(out, f"rank{rank}-surgery.json"), "w") as fp:
             json.dump(steps, fp)
         return combined

@@ -18,28 +18,21 @@ def cli_env() -> dict:
     return env
 
 
-def bertmt(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def bertmt(
+    *args: str, check: bool = True, timeout: int = 600, module: str = "bertmt.cli", env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m module args`` (the bertmt CLI, or the test worker that wraps it) in one process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bertmt.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env=cli_env() | (env or {}),
         timeout=timeout,
         cwd=REPO,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"bertmt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
-
-
-def bertmt_popen(*args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bertmt.cli", *args],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=cli_env(),
-        cwd=REPO,
-    )
 
 
 def torchrun(
@@ -61,28 +54,6 @@ def torchrun(
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
     return proc
-
-
-def torchrun_popen(nproc: int, *args: str, log: Path) -> subprocess.Popen:
-    """torchrun in the background (the caller kills it and its ranks)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "bertmt.cli",
-        *args,
-    ]
-    return subprocess.Popen(
-        cmd,
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env=cli_env() | {"OMP_NUM_THREADS": "1"},
-        start_new_session=True,
-    )
 
 
 def train_losses(run_dir: Path) -> dict[str, list[float]]:

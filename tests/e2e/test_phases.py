@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_overrides
-from tests.e2e.helpers import REPO, bertmt, bertmt_popen
+from tests.e2e.helpers import REPO, bertmt
 
 RECIPE = REPO / "configs" / "cpu-recipe.yaml"
+WORKER = "tests.distributed.worker"
 SHORT = [  # the recipe's phases cut to a few micro-batches each
     "phases.0.train.batches_per_epoch=6",
     "phases.1.train.batches_per_epoch=12",
@@ -34,7 +35,8 @@ def _weights(run_dir, phase):
 def recipe(tiny_pretrained, small_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("recipe") / "run"
     # joint phase with a learning rate too small to move fp32 weights: no epoch improves on the first, so
-    # patience 1 stops it after 2 of its 3 epochs, and its best model is exactly the heads phase's best
+    # patience 1 stops it after 2 of its 3 epochs, and its best model is exactly the heads phase's best (a
+    # joint phase that started anywhere else would not be); the kill test below runs it at its real rate
     args = tiny_overrides(tiny_pretrained, small_data, run_dir) + SHORT + ["phases.1.optim.lr=1e-30"]
     proc = bertmt("train", str(RECIPE), *args)
     return run_dir, proc
@@ -96,25 +98,34 @@ def test_reports_are_written_for_the_final_model(recipe):
 def test_killed_inside_a_phase_resumes_there_and_matches_an_uninterrupted_run(
     tiny_pretrained, small_data, tmp_path
 ):
-    extra = {"run.checkpoint_every": 2, "data.max_length": 128, "tasks.sst.batch_size": 32}
-    extra |= {"tasks.quora.batch_size": 32, "tasks.sts.batch_size": 32}
+    """Killed (SIGKILL, by the run itself at a fixed micro-batch) inside the joint phase: the restart skips
+    the finished heads phase without touching it, resumes the joint phase at its checkpoint and ends like an
+    uninterrupted run."""
+    extra = {"run.checkpoint_every": 2}
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     bertmt("train", str(RECIPE), *tiny_overrides(tiny_pretrained, small_data, whole, **extra), *SHORT)
 
-    args = [*tiny_overrides(tiny_pretrained, small_data, parts, **extra), *SHORT]
-    proc = bertmt_popen("train", str(RECIPE), *args, log=tmp_path / "killed.log")
-    latest = parts / "phases" / "2-joint" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.kill()
-    proc.wait()
-    assert latest.exists() and not (parts / "phases" / "2-joint" / "metrics.json").exists()
-    bertmt("train", str(RECIPE), *args)
+    args = ["train", str(RECIPE), *tiny_overrides(tiny_pretrained, small_data, parts, **extra), *SHORT]
+    # heads: micro-batches 0-5; joint (grad_accum 1): its checkpoint at step 2, killed in its step 4
+    killed = bertmt(*args, module=WORKER, env={"BERTMT_TEST_KILL": "9"}, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    heads, joint = parts / "phases" / "1-heads", parts / "phases" / "2-joint"
+    assert (heads / "metrics.json").is_file() and not (joint / "metrics.json").exists()
+    assert (joint / "checkpoints" / "latest").read_text().strip() == "step-2"
+    untouched = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in heads.rglob("*") if p.is_file()}
 
-    log = (parts / "phases" / "2-joint" / "train.log").read_text()
-    resumed = re.search(r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", log)
-    assert resumed and int(resumed[3]) > 0
+    restarted = bertmt(*args)
+    assert "phase 1/3 'heads' finished before: skipped" in restarted.stderr
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in untouched} == untouched
+    resumed = re.search(
+        r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", (joint / "train.log").read_text()
+    )
+    assert resumed and resumed.groups() == ("1", "2", "2")
+    # at the recipe's real learning rate the joint phase trains away from the heads phase's best model
+    moved = _weights(parts, "2-joint")["encoder.encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(
+        moved, _weights(parts, "1-heads")["encoder.encoder.layer.0.attention.self.query.weight"]
+    )
     strip = lambda phases: [{k: v for k, v in p.items() if k != "dir"} for p in phases]  # noqa: E731
     assert strip(json.loads((parts / "phases.json").read_text())) == strip(
         json.loads((whole / "phases.json").read_text())

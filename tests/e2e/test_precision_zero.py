@@ -1,7 +1,7 @@
 """The DeepSpeed engine at ZeRO stages 1-3 and in bf16, one process. ZeRO partitions the optimiser state but
 must not change the result: every stage gives the stage-0 losses at every optimiser step and the stage-0 best
-weights (reloaded and compared tensor by tensor), with and without gradient accumulation. bf16 ends close to
-fp32 (a different precision, so not equal)."""
+weights (reloaded and compared tensor by tensor), with and without gradient accumulation. bf16 trains close
+to fp32 at every step (a different precision, so not equal)."""
 
 from __future__ import annotations
 
@@ -62,11 +62,19 @@ def test_zero_stage_gives_the_stage0_result(stage, accum, stage0, tiny_pretraine
 
 
 def test_bf16_trains_close_to_fp32(stage0, tiny_pretrained, small_data, tmp_path):
+    """bf16 keeps 8 significant bits (relative rounding 2**-8 = 0.4%): measured here, the per-step losses
+    stay within 0.5% of fp32 over 30 steps and the dev overall score within 1e-4; held to 2% and 0.01."""
+    run_dir = tmp_path / "bf16"
     metrics = _train(
-        tiny_pretrained, small_data, tmp_path / "bf16", **{"train.precision": "bf16", "train.grad_accum": 1}
+        tiny_pretrained, small_data, run_dir, **{"train.precision": "bf16", "train.grad_accum": 1}
     )
-    ds = json.loads((tmp_path / "bf16" / "deepspeed_config.json").read_text())
+    ds = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert ds["bf16"] == {"enabled": True}
+    want, got = train_losses(stage0[1]), train_losses(run_dir)
+    for tag in want:
+        torch.testing.assert_close(
+            torch.tensor(got[tag]), torch.tensor(want[tag]), rtol=2e-2, atol=0, msg=tag
+        )
     ref = json.loads((stage0[1] / "metrics.json").read_text())
-    assert metrics["overall"] == pytest.approx(ref["overall"], abs=0.05)
-    assert metrics["sts"]["pearson"] != ref["sts"]["pearson"]  # really another precision
+    assert metrics["overall"] == pytest.approx(ref["overall"], abs=0.01)
+    assert got != want  # really another precision

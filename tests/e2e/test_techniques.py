@@ -31,7 +31,7 @@ def run(tiny_pretrained, small_data, data_dir, tmp_path_factory):
         "tasks.sts.pair_encoding=siamese",
         "tasks.sts.pair_features=cosine",
         "tasks.cfimdb={train: cfimdb-train.csv, dev: cfimdb-dev.csv, batch_size: 8}",
-        "tasks.sst_more={type: sst, head: sst, train: sst-more.csv, batch_size: 8, sample_weight: 2.0}",
+        "tasks.sst_more={type: sst, head: sst, train: sst-more.csv, batch_size: 8, sample_weight: 0.25}",
         "schedule.kind=proportional",
         "train.batches_per_epoch=30",
         "mtl.smart={weight: 1.0, bregman_weight: 1.0, noise: 1.0e-3, epsilon: 1.0e-2, step_size: 1.0e-2}",
@@ -61,10 +61,12 @@ def test_every_dataset_trains_and_smart_terms_are_logged(run):
         assert f"train/{task}/loss" in tags
         adv = [e.value for e in events.Scalars(f"train/{task}/smart_adv")]
         assert adv and all(np.isfinite(adv)) and max(adv) > 0
-        assert f"train/{task}/smart_prox" in tags
+        prox = [e.value for e in events.Scalars(f"train/{task}/smart_prox")]
+        assert all(np.isfinite(prox)) and max(prox) > 0  # the model moves away from its momentum teacher
     fractions = {t: events.Scalars(f"schedule/{t}/fraction")[0].value for t in ("cfimdb", "sst_more")}
-    # proportional with weights: sst_more (120 records x 2.0) is drawn more often than cfimdb (80 x 1.0)
-    assert fractions["sst_more"] > fractions["cfimdb"]
+    # proportional with weights: sst_more (120 records x 0.25) is drawn less often than cfimdb (80 x 1.0);
+    # without its weight it would be drawn more often (120 > 80)
+    assert 0 < fractions["sst_more"] < fractions["cfimdb"]
 
 
 def test_metrics_and_reports_cover_the_extra_dataset(run):
@@ -74,5 +76,5 @@ def test_metrics_and_reports_cover_the_extra_dataset(run):
     summary = json.loads((run_dir / "reports" / "dev" / "summary.json").read_text())
     assert summary["cfimdb"]["accuracy"] == pytest.approx(metrics["cfimdb"]["accuracy"])
     assert (run_dir / "reports" / "dev" / "cfimdb_roc.png").is_file()
-    preds = np.loadtxt(run_dir / "predictions" / "sts-dev.csv", delimiter=",", skiprows=1, usecols=1)
-    assert preds.min() >= 0 and preds.max() <= 5
+    # (the cosine head's clipping to the label range is tested in tests/unit/test_heads.py: the predictions
+    # file is clipped again by to_predictions, so it cannot show it)

@@ -1,6 +1,6 @@
 """A real SLURM for these tests: ../shared/tools/local-slurm/start-slurm.sh with two emulated nodes, started
-once per session and stopped at its end. Skipped (with the reason) when not root or the scripts are absent;
-a start that fails is an error, not a skip."""
+once per session and stopped at its end. Skipped (with the reason) when not root or the scripts are absent,
+except under CI=true, where that fails; a start that fails is an error, not a skip."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_unless_ci
 from tests.e2e.helpers import REPO, cli_env
 
 TOOLS = REPO.parent / "shared" / "tools" / "local-slurm"
@@ -21,9 +22,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 @pytest.fixture(scope="session")
 def slurm():
     if os.geteuid() != 0:
-        pytest.skip("the local SLURM needs root (start-slurm.sh installs packages and starts daemons)")
+        skip_unless_ci("the local SLURM needs root (start-slurm.sh installs packages and starts daemons)")
     if not (TOOLS / "start-slurm.sh").is_file():
-        pytest.skip(f"{TOOLS}/start-slurm.sh not found")
+        skip_unless_ci(f"{TOOLS}/start-slurm.sh not found")
     env = dict(os.environ, SLURM_CI_NODES="2", SLURM_CI_GPUS="0")
     proc = subprocess.run(
         ["bash", str(TOOLS / "start-slurm.sh")], capture_output=True, text=True, env=env, timeout=900

@@ -53,11 +53,62 @@ def _check(name: str, text: str, tmp_path) -> None:
     assert text == path.read_text(), f"rendered {name} differs from {path}"
 
 
+# What each case's overrides mean for SLURM, written out by hand (independent of the saved references,
+# which were produced by the renderer under test): the #SBATCH options and the line that starts the ranks.
+EXPECTED = {
+    "single-node": (
+        {"nodes": "1", "ntasks-per-node": "1", "time": "01:00:00", "signal": "USR1@120", "requeue": None},
+        "srun --kill-on-bad-exit=1 python -m bertmt.cli train",
+    ),
+    "single-node-gpu": (
+        {
+            "nodes": "1",
+            "ntasks-per-node": "4",
+            "gpus-per-node": "4",
+            "partition": "gpu",
+            "account": "nlp",
+            "mem": "64G",
+            "time": "1-12:00:00",
+            "signal": "USR2@300",
+            "exclusive": None,
+        },
+        "srun --kill-on-bad-exit=1 python -m bertmt.cli train",
+    ),
+    "multi-node-srun": (
+        {"nodes": "2", "ntasks-per-node": "4", "gpus-per-node": "4", "signal": "USR1@120"},
+        "srun --kill-on-bad-exit=1 python -m bertmt.cli train",
+    ),
+    "multi-node-torchrun": (
+        {"nodes": "4", "ntasks-per-node": "1", "gpus-per-node": "4"},
+        "--nnodes=$SLURM_NNODES --node_rank=$SLURM_NODEID --nproc_per_node=4",
+    ),
+    "multi-node-deepspeed": (
+        {"nodes": "2", "ntasks-per-node": "1", "gpus-per-node": "4", "no-requeue": None},
+        "python -m deepspeed.launcher.runner --hostfile",
+    ),
+}
+
+
+def _sbatch_options(script: str) -> dict[str, str | None]:
+    options = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --"):
+            key, _, value = line.removeprefix("#SBATCH --").partition("=")
+            options[key] = value or None
+    return options
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_rendered_job_scripts_match_their_references(name, tmp_path):
     run_dir = f"run.dir={tmp_path}/runs/{name}"
-    _check(name, _cli("submit", str(QUICKSTART), "--dry-run", run_dir, *CASES[name]), tmp_path)
+    script = _cli("submit", str(QUICKSTART), "--dry-run", run_dir, *CASES[name])
+    _check(name, script, tmp_path)
     assert not (tmp_path / "runs").exists()  # a dry run submits and creates nothing
+    options, launch = EXPECTED[name]
+    rendered = _sbatch_options(script)
+    assert {k: rendered.get(k, "<absent>") for k in options} == options
+    assert ("requeue" in rendered) != ("no-requeue" in rendered)
+    assert launch in script and f"run.dir={tmp_path}/runs/{name}" in script
 
 
 def test_rendered_array_script_matches_its_reference(tmp_path):

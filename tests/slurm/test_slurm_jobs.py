@@ -14,8 +14,7 @@ import yaml
 
 from tests.conftest import tiny_overrides
 from tests.distributed.test_equivalence import _args as equivalence_args
-from tests.distributed.test_equivalence import _losses
-from tests.e2e.helpers import QUICKSTART, bertmt, torchrun
+from tests.e2e.helpers import QUICKSTART, bertmt, torchrun, train_losses
 from tests.slurm.conftest import bertmt_cli, run, slurm_log, submitted_id, wait_job
 
 JOB = [f"slurm.python={sys.executable}", "slurm.cpus_per_task=1", "slurm.time=00:15:00"]
@@ -45,7 +44,7 @@ def test_two_ranks_on_two_nodes_match_one_process(launcher, slurm, tiny_no_dropo
     assert wait_job(submitted_id(out)) == ["COMPLETED"], slurm_log(two)
     assert "on ci-node[1-2] (master ci-node1)" in slurm_log(two)
     assert '"world_size": 2' in (two / "run_info.json").read_text()
-    want, got = _losses(one), _losses(two)
+    want, got = train_losses(one), train_losses(two)
     assert set(want) == set(got) == {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
     for tag in want:
         assert got[tag] == pytest.approx(want[tag], rel=1e-5, abs=1e-6)

@@ -103,3 +103,22 @@ def test_hub_name_resolves_through_local_cache(tiny_pretrained, tmp_path, monkey
         (snap / f.name).write_bytes(f.read_bytes())
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     assert load_encoder("org/tiny").config.hidden_size == 32
+
+
+@pytest.mark.parametrize("how", ["cls", "pooler"])
+def test_cls_and_pooler_pooling_are_transformers_cls_state_and_pooler_output(how):
+    """Pooling ``cls`` is the [CLS] token's last hidden state, ``pooler`` BERT's tanh pooler: both against
+    transformers' BertModel on MiniLM (a different vector per sentence, so a wrong index fails)."""
+    from transformers import BertModel
+
+    from bertmt.model.heads import Pooler
+
+    ref = BertModel.from_pretrained(str(minilm_dir()), attn_implementation="eager").eval()
+    ours = load_encoder("minilm", attention="eager").eval()
+    ids, mask, types = _batch(load_tokenizer("minilm"))
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        got = Pooler(how, ours.config.hidden_size)(ours(ids, mask, types), mask)
+    expected = want.last_hidden_state[:, 0] if how == "cls" else want.pooler_output
+    assert (got - expected).abs().max().item() < 1e-4
+    assert (got[0] - got[1]).abs().max().item() > 1e-2

@@ -99,3 +99,41 @@ def test_sample_weights_scale_the_sampling_probabilities():
     sizes = {"a": 100, "b": 400, "c": 100}
     sched = TaskSchedule("proportional", sizes, {t: 10 for t in sizes}, 1, weights={"b": 0.25, "c": 2.0})
     np.testing.assert_allclose(sched.probabilities(0), np.array([100, 100, 200]) / 400)
+
+
+def _sampler(rows: int, batch_size: int, world: int):
+    from bertmt.data.batching import Encoded, TaskSampler
+
+    offsets = np.arange(rows + 1, dtype=np.int64) * 3
+    enc = Encoded(
+        [str(i) for i in range(rows)],
+        np.ones(3 * rows, np.int32),
+        np.zeros(3 * rows, np.int8),
+        offsets,
+        np.zeros(rows, np.float32),
+    )
+    return TaskSampler(enc, batch_size, 50, seed=0, rank=0, world=world)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_epoch_length_follows_the_documented_precedence(world):
+    """README: the epoch is train.batches_per_epoch micro-batches, else schedule.samples_per_epoch examples,
+    else one pass over schedule.epoch_task, else one pass over every task (global batches: x world)."""
+    from bertmt.engine.trainer import epoch_length
+
+    sizes = {"sst": 400, "quora": 1200, "sts": 200}
+    samplers = {t: _sampler(n, 8, world) for t, n in sizes.items()}
+    passes = {t: math.ceil(n / (8 * world)) for t, n in sizes.items()}  # batches in one pass over a task
+    assert {t: len(s) for t, s in samplers.items()} == passes
+    schedule = TaskSchedule("proportional", sizes, passes, 1)
+    p = {t: n / 1800 for t, n in sizes.items()}
+
+    def length(*overrides: str) -> int:
+        tasks = [f"tasks.{t}={{train: {t}.csv, dev: {t}-dev.csv, batch_size: 8}}" for t in sizes]
+        cfg = load_config(None, [*tasks, "schedule.kind=proportional", *overrides])
+        return epoch_length(cfg, schedule, samplers, world)
+
+    assert length("train.batches_per_epoch=7", "schedule.samples_per_epoch=999") == 7
+    assert length("schedule.samples_per_epoch=1000") == math.ceil(1000 / (8 * world))  # every batch 8 x world
+    assert length("schedule.epoch_task=sts") == math.ceil(passes["sts"] / p["sts"])
+    assert length() == sum(passes.values())
