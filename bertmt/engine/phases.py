@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from bertmt.config import ExperimentConfig, phase_configs, save_config
 from bertmt.engine import checkpoint as ckpt
+from bertmt.engine.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
     from bertmt.engine.trainer import Trainer
 
     run_dir = Path(cfg.run.dir)
+    # stderr only until a phase's trainer logs into its own directory: "finished before: skipped" is seen
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    setup_logging(None, rank)
     phases = phase_configs(cfg)
     summaries: list[dict] = []
     previous_best: Path | None = None

@@ -76,7 +76,7 @@ def _assert_same_training(got: Path, want: Path) -> None:
     assert set(losses_want) == {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
     assert set(losses_got) == set(losses_want)
     for tag in losses_want:
-        assert len(losses_want[tag]) >= STEPS // 2
+        assert len(losses_want[tag]) >= 2  # round robin: 6 of 9 steps; annealed (seed 1234): 2 to 6
         torch.testing.assert_close(
             torch.tensor(losses_got[tag]), torch.tensor(losses_want[tag]), rtol=1e-5, atol=1e-6, msg=tag
         )

@@ -160,7 +160,7 @@ def test_a_hung_rank_ends_the_run_through_the_collective_timeout(
         *_args(tiny_pretrained, small_data, tmp_path / "run", **{"train.dist_timeout_s": timeout_s}),
         module=WORKER,
         check=False,
-        timeout=300,  # without the collective timeout, this would expire: rank 1 sleeps for 10**6 s
+        timeout=180,  # without the collective timeout, this would expire: rank 1 sleeps for 10**6 s
     )
     assert proc.returncode != 0
     assert "test hang on rank 1 at micro-batch 5" in proc.stderr

@@ -1,4 +1,5 @@
-"""`bertmt` under torchrun with test hooks, set by environment variables:
+"""`bertmt` (under torchrun, or alone) with test hooks, set by environment variables. It changes nothing else
+(thread counts included), so a run through it computes exactly what the plain CLI would.
 
 - BERTMT_TEST_FP16=1: DeepSpeed's CPU accelerator claims fp16 support (it refuses fp16 otherwise);
 - BERTMT_TEST_POISON=RANK:CALL: that rank's task loss of micro-batch CALL (0-based) becomes inf;
@@ -59,7 +60,7 @@ def main() -> int:
     trainer_mod.task_loss = task_loss
     out, real_close = os.environ.get("BERTMT_TEST_OUT"), trainer_mod.Trainer.close
 
-    def close(self):
+    def close(self, *args, **kwargs):
         if out:
             opt = self.engine.optimizer
             record = {
@@ -71,14 +72,13 @@ def main() -> int:
             }
             with open(os.path.join(out, f"rank{rank}.json"), "w") as fp:
                 json.dump(record, fp)
-        real_close(self)
+        real_close(self, *args, **kwargs)
 
     trainer_mod.Trainer.close = close
     if os.environ.get("BERTMT_TEST_GRADS"):
         _save_first_step_grads(os.environ["BERTMT_TEST_GRADS"], rank)
     if os.environ.get("BERTMT_TEST_SURGERY"):
         _record_surgery_steps(os.environ["BERTMT_TEST_SURGERY"], rank, _at("BERTMT_TEST_POISON_HEAD"))
-    torch.set_num_threads(1)
     from bertmt.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

@@ -14,13 +14,12 @@ from tests.conftest import tiny_overrides
 from tests.e2e.helpers import QUICKSTART, bertmt
 
 WORKER = "tests.distributed.worker"
-KILL_AT = 5  # grad_accum 2, checkpoint every 2 steps: micro-batch 5 is the second half of step 3
 
 
-def _kill_after_first_checkpoint(args: list[str], run_dir) -> None:
-    proc = bertmt(
-        "train", str(QUICKSTART), *args, module=WORKER, env={"BERTMT_TEST_KILL": str(KILL_AT)}, check=False
-    )
+def _kill_after_first_checkpoint(args: list[str], run_dir, accum: int) -> None:
+    """Checkpoint every 2 steps: the run kills itself in the second micro-batch of step 3."""
+    env = {"BERTMT_TEST_KILL": str(2 * accum + 1)}
+    proc = bertmt("train", str(QUICKSTART), *args, module=WORKER, env=env, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert not (run_dir / "metrics.json").exists()
