@@ -23,13 +23,11 @@ class DeepSpeedInternalsChanged(RuntimeError):
 
 
 def check_version() -> None:
-    import deepspeed
-
-    if deepspeed.__version__ != PINNED_DEEPSPEED:
+    if _version() != PINNED_DEEPSPEED:
         log.warning(
             "DeepSpeed %s is installed; bertmt is tested with %s only (its ZeRO-3 gradient fix and gradient "
             "surgery rely on that version's internals, which are checked at start)",
-            deepspeed.__version__,
+            _version(),
             PINNED_DEEPSPEED,
         )
 
