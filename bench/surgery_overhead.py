@@ -1,8 +1,10 @@
-"""Step time of gradient surgery (pcgrad, gradvac) vs method none on MiniLM with real batches, 1 and 2
-processes, and of a straightforward per-parameter implementation (T backward passes with retain_graph, Python
-loops over parameters, one collective per parameter per task) as the baseline the field uses.
+"""Cost of gradient surgery (pcgrad, gradvac) against plain training on MiniLM with real batches, 1 and 2
+processes, at a ZeRO stage: median step time, bytes handed to collectives per step (every torch.distributed
+collective counted, bertmt/engine/comm_stats.py) and peak RSS per rank; plus a straightforward per-parameter
+implementation (T backward passes with retain_graph, Python loops over parameters, one collective per
+parameter per task) as the baseline the field uses (ZeRO 0 only: it steps a torch optimiser itself).
 
-    python bench/surgery_overhead.py [--steps 5] [--batch-size 16]     # launches every variant itself
+    python bench/surgery_overhead.py [--zero-stage 2] [--steps 5] [--batch-size 16]  # launches every variant
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,10 +27,10 @@ from common import TRAIN_FILES, data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = list(TRAIN_FILES)
-VARIANTS = ["none", "pcgrad", "gradvac", "naive-pcgrad"]
+VARIANTS = ["plain", "pcgrad", "gradvac", "naive-pcgrad"]
 
 
-def _trainer(method: str, batch: int, run_dir: str, reduce: str = "reduce_scatter"):
+def _trainer(method: str, batch: int, run_dir: str, stage: int):
     from bertmt.config import load_config
     from bertmt.engine.trainer import Trainer
 
@@ -40,9 +43,9 @@ def _trainer(method: str, batch: int, run_dir: str, reduce: str = "reduce_scatte
         "data.max_length=64",
         "tasks.sst.test=null",
         "tasks.sts.test=null",
-        f"mtl.method={'pcgrad' if method.startswith('naive') else method}",
+        f"mtl.method={method.replace('naive-', '').replace('plain', 'none')}",
         "run.log_every=1000",
-        f"mtl.reduce={reduce}",
+        f"train.zero_stage={stage}",
     ]
     overrides += [f"tasks.{t}.batch_size={batch}" for t in TASKS]
     return Trainer(load_config(REPO / "configs" / "quickstart.yaml", overrides))
@@ -89,31 +92,42 @@ def _naive_pcgrad_step(trainer, opt, world: int) -> None:
     opt.step()
 
 
-def worker(method: str, steps: int, batch: int, out: str, reduce: str) -> None:
+def worker(method: str, steps: int, batch: int, out: str, stage: int) -> None:
+    from bertmt.engine.comm_stats import CollectiveCounter
+
+    counter = CollectiveCounter().install()  # before DeepSpeed sets up its communication backend
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(method, batch, tmp, reduce)
+        trainer = _trainer(method, batch, tmp, stage)
         world = trainer.world
         opt = (
             torch.optim.AdamW(trainer.engine.module.parameters(), lr=1e-5)
             if method.startswith("naive")
             else None
         )
-        times = []
+        times, sent = [], []
         for _ in range(steps + 1):  # the first step warms up
+            before = counter.snapshot()
             start = time.perf_counter()
             if opt is not None:
                 _naive_pcgrad_step(trainer, opt, world)
             else:
-                for i, task in enumerate(TASKS):
-                    trainer.train_step(task, boundary=i == len(TASKS) - 1)
+                trainer.train_step()
             if world > 1:
                 dist.barrier()
             times.append(time.perf_counter() - start)
-        moved = trainer.surgery.buffer.bytes_moved / max(1, steps + 1) if trainer.surgery else 0
+            sent.append(sum(CollectiveCounter.delta(counter.snapshot(), before)["bytes"].values()))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+        peak = [torch.tensor(float(rss))]
+        if world > 1:
+            peak = [torch.zeros(1) for _ in range(world)]
+            dist.all_gather(peak, torch.tensor([float(rss)]))
         if trainer.rank == 0:
-            Path(out).write_text(
-                json.dumps({"step_s": sorted(times[1:])[len(times[1:]) // 2], "bytes": moved})
-            )
+            result = {
+                "step_s": sorted(times[1:])[len(times[1:]) // 2],
+                "bytes": sorted(sent[1:])[len(sent[1:]) // 2],
+                "rss": max(float(p) for p in peak),
+            }
+            Path(out).write_text(json.dumps(result))
         trainer.close()
 
 
@@ -129,8 +143,8 @@ def launch(method: str, nproc: int, args) -> dict:
         str(args.batch_size),
         "--out",
         str(out),
-        "--reduce",
-        args.reduce,
+        "--zero-stage",
+        str(args.zero_stage),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // nproc)), TOKENIZERS_PARALLELISM="false")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -150,24 +164,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=2)
     parser.add_argument("--worker")
     parser.add_argument("--out")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--reduce", choices=["reduce_scatter", "all_reduce"], default="reduce_scatter")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.batch_size, args.out, args.reduce)
+        return worker(args.worker, args.steps, args.batch_size, args.out, args.zero_stage)
     print(
         f"MiniLM-L6, 3 tasks, one real micro-batch of {args.batch_size} per task per optimiser step "
-        f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores; mtl.reduce={args.reduce}"
+        f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores; ZeRO {args.zero_stage}"
     )
+    variants = VARIANTS if args.zero_stage == 0 else VARIANTS[:-1]
     for nproc in args.nproc:
-        res = {v: launch(v, nproc, args) for v in VARIANTS}
-        base = res["none"]["step_s"]
-        print(f"\n{nproc} process(es):")
+        res = {v: launch(v, nproc, args) for v in variants}
+        base = res["plain"]
+        print(
+            f"\n{nproc} process(es):  {'ms/step':>8} {'x plain':>8} {'MB sent/step':>13} {'x plain':>8} "
+            f"{'peak RSS/rank MB':>17}"
+        )
         for v, r in res.items():
-            extra = f"  buffer bytes/step {r['bytes'] / 1e6:.1f} MB" if r["bytes"] else ""
-            print(f"  {v:<14} {r['step_s'] * 1000:8.0f} ms/step  {r['step_s'] / base:5.2f}x of none{extra}")
+            ratio = f"{r['bytes'] / base['bytes']:8.3f}" if base["bytes"] else f"{'-':>8}"
+            print(
+                f"  {v:<14} {r['step_s'] * 1000:8.0f} {r['step_s'] / base['step_s']:8.2f} "
+                f"{r['bytes'] / 1e6:13.2f} {ratio} {r['rss'] / 2**20:17.0f}"
+            )
 
 
 if __name__ == "__main__":

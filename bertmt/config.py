@@ -215,7 +215,6 @@ class MtlConfig:
     # task present in the step once, with its mean micro-batch gradient (bertmt.mtl.gram.task_scales)
     reduction: Literal["sum", "mean"] = "sum"
     beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
-    reduce: Literal["all_reduce", "reduce_scatter"] = "reduce_scatter"  # how the T x D buffer crosses ranks
     smart: SmartConfig = field(default_factory=SmartConfig)
 
     def __post_init__(self) -> None:
@@ -317,18 +316,6 @@ class ExperimentConfig:
             "schedule.kind",
             "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
             self.schedule.kind,
-        )
-        _check(
-            not (self.mtl.smart.enabled and self.train.zero_stage == 3),
-            "train.zero_stage",
-            "0, 1 or 2 with SMART (its extra forwards and the teacher need whole parameters)",
-            self.train.zero_stage,
-        )
-        _check(
-            not (self.mtl.per_task and self.train.zero_stage == 3),
-            "mtl.method",
-            "none with train.zero_stage=3 (per-task gradients need whole parameters: ZeRO 0-2)",
-            self.mtl.method,
         )
 
     def _check_task(self, name: str, task: TaskConfig) -> None:

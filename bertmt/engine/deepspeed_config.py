@@ -10,8 +10,9 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict:
     DeepSpeed only uses it for throughput accounting."""
     train = cfg.train
     micro = max(t.batch_size for t in cfg.tasks.values())
-    # with gradient surgery bertmt accumulates per-task gradients itself and calls engine.step once per step
-    accum = 1 if cfg.mtl.per_task else train.grad_accum
+    # surgery at ZeRO 0/1 accumulates per-task gradients itself and calls engine.step once per optimiser step;
+    # at ZeRO 2/3 DeepSpeed accumulates as in plain training (engine/surgery.py)
+    accum = 1 if cfg.mtl.per_task and train.zero_stage < 2 else train.grad_accum
     ds: dict = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,

@@ -11,12 +11,26 @@ from bertmt.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (any 1-D parameter)."""
-    decay, no_decay = [], []
+    """No weight decay on biases and LayerNorm weights (any 1-D parameter). The shared parameters
+    (``model.shared_parameters()``, the encoder) are in groups of their own, marked ``shared``, so that ZeRO
+    partitions them apart from the heads and PALs (gradient surgery captures their partition alone); plain
+    training uses the same groups, so that both issue the same collectives. Empty groups are left out."""
+    shared = {id(p) for p in model.shared_parameters()}
+    groups: dict[tuple[bool, bool], list] = {(s, d): [] for s in (True, False) for d in (True, False)}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(id(p) in shared, p.ndim >= 2)].append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "shared": is_shared}
+        for (is_shared, decay), params in groups.items()
+        if params
+    ]
+
+
+def shared_group_indices(optimizer) -> list[int]:
+    """Indices of the parameter groups marked ``shared`` (the same in DeepSpeed's ZeRO optimiser)."""
+    groups = getattr(optimizer, "optimizer", optimizer).param_groups
+    return [i for i, g in enumerate(groups) if g.get("shared")]
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

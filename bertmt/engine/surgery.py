@@ -1,54 +1,197 @@
-"""Gradient surgery inside the DeepSpeed engine (DESIGN.md, "Data flow of one optimiser step").
+"""Gradient surgery steps (interface in engine/steps.py; data flow in DESIGN.md). Each rank ends the step
+holding its shard of every task's rank-averaged gradient of the shared parameters; the partial Gram matrices
+of the shards, summed by one T x T all-reduce, give the method's weights w; ``w @ shard`` becomes the shared
+parameters' gradient without a second reduction of D-sized data beyond what plain training does.
 
-Per micro-batch: forward through ``engine.module`` (engine.forward's hooks break autograd.grad), then one
-``torch.autograd.grad`` of the (loss-scaled) task loss into the task's row of the shared-parameter buffer
-and into that task's head gradients. At the accumulation boundary: reduce + Gram + method weights, then one
-cheap ``engine.backward`` of a surrogate whose gradient is ``w @ G_local`` (heads: their own gradient), so
-DeepSpeed's loss scaling, averaging across ranks, ZeRO partitioning and clipping all still apply; then
-``engine.step()``.
+- ``CapturedSurgery`` (ZeRO 2, 3): DeepSpeed reduce-scatters every micro-batch as in plain training; after
+  each micro-batch of task k the shared parameters' reduced partition moves into row k of a (T, D/N) shard
+  (engine/zero_partitions.py); at the boundary ``w @ shard`` is written back as that partition. Collectives:
+  those of plain training plus the T x T all-reduce. Memory: T * D/N fp32.
+- ``AutogradSurgery`` (ZeRO 0, 1; DeepSpeed's gradient_accumulation_steps is 1): one ``torch.autograd.grad``
+  per micro-batch (through the bare module: engine.forward's hooks break autograd.grad) into task k's local
+  row; after task k's last micro-batch of the step the row is reduce-scattered asynchronously into the shard
+  (mtl/reduce.py) and reused. At the boundary one ``engine.backward`` of a surrogate hands DeepSpeed, as the
+  shared gradient, ``N * (w @ shard)`` at this rank's columns and zeros elsewhere: DeepSpeed's own average
+  over ranks assembles ``w @ G`` on every rank (it replaces the all-gather), and its loss scaling, clipping
+  and overflow check apply as usual; heads and PALs get their own gradients through the same surrogate.
+  Memory: T * D/N fp32 plus the local rows of tasks whose micro-batches are not finished (one row when each
+  task's micro-batches are consecutive).
+
+A step that DeepSpeed skips (fp16 overflow) leaves the method's state (GradVac's targets, the task orders'
+generator) as it was, like the parameters.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
+from dataclasses import dataclass
 
 import torch
 
 from bertmt.config import MtlConfig
-from bertmt.mtl.gram import make_method, task_scales
-from bertmt.mtl.reduce import Combined, TaskGradients
+from bertmt.engine.steps import Step
+from bertmt.engine.zero_partitions import partition_grads
+from bertmt.mtl.gram import Method, combine, gram_matrix, gram_stats, task_scales
+from bertmt.mtl.reduce import RowReducer, all_reduce_gram, world_size
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class Combined:
+    weights: torch.Tensor  # (T,) float64, on the rows as accumulated (sum of micro-batch gradients / accum)
+    gram: torch.Tensor  # (T, T) float64 Gram matrix of those rows, rank-averaged
+    finite: bool  # False if any rank's gradient held inf/nan (fp16 overflow): the step is skipped
 
 
-class SurgeryStep:
+class _Surgery(Step):
+    """What both surgery paths share: the method on the Gram matrix, the reduction, telemetry and state."""
+
     def __init__(self, engine, tasks: list[str], cfg: MtlConfig, seed: int, fp16: bool, accum: int) -> None:
-        model = engine.module
-        self.engine, self.tasks, self.fp16 = engine, tasks, fp16
-        self.shared = [p for p in model.shared_parameters() if p.requires_grad]
-        self.own = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in tasks}
-        self.buffer = TaskGradients(self.shared, len(tasks), cfg.reduce)
-        self.own_grads: dict[str, list[torch.Tensor]] = {}
+        super().__init__(engine)
+        self.tasks, self.fp16, self.accum, self.reduction = tasks, fp16, accum, cfg.reduction
+        self.method = Method.from_config(cfg, len(tasks), seed)
         self.micro_batches = [0] * len(tasks)  # per task, in the current optimiser step
-        self.reduction, self.accum = cfg.reduction, accum
-        options = {"seed": seed} | ({"beta": cfg.beta} if cfg.method == "gradvac" else {})
-        self.method = make_method(cfg.method, len(tasks), **options)
         self.last: Combined | None = None
+        self.peak_bytes = 0  # largest size of the surgery buffers so far (tests/bench)
 
     def loss_scale(self) -> float:
         return float(getattr(self.engine.optimizer, "cur_scale", 1.0)) if self.fp16 else 1.0
 
-    def micro_step(self, task: str, loss: torch.Tensor) -> None:
-        """Accumulate one micro-batch's gradient of ``loss`` (already divided by the accumulation steps)."""
+    def _combine(self, gram: torch.Tensor) -> Combined:
+        """The method's weights from the rank-averaged, unscaled Gram matrix. An inf or nan anywhere, on any
+        rank, reaches its diagonal (a sum of squares), so finiteness costs no extra pass or collective."""
+        if not torch.isfinite(gram.diagonal()).all():
+            if not self.fp16:
+                raise FloatingPointError("non-finite task gradient in fp32/bf16 training: the run diverged")
+            return Combined(torch.zeros(len(self.tasks), dtype=torch.float64), gram, False)
+        weights, _ = combine(self.method, gram, task_scales(self.micro_batches, self.accum, self.reduction))
+        return Combined(weights, gram, True)
+
+    def _apply(self, combined: Combined, write) -> bool:
+        """``write(combined)`` hands the combined gradient to the engine; then step, keeping the method's
+        state if DeepSpeed skips the step."""
+        before = copy.deepcopy(self.method.state_dict())
+        write(combined)
+        self.engine.step()
+        applied = self.engine.was_step_applied()
+        if not applied:
+            self.method.load_state_dict(before)
+        self.micro_batches = [0] * len(self.tasks)
+        self.last = combined
+        return applied
+
+    def scalars(self) -> dict[str, float]:
+        return {} if self.last is None else gram_stats(self.last.gram, self.last.weights, self.tasks)
+
+    def state_dict(self) -> dict:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state)
+
+
+class CapturedSurgery(_Surgery):
+    """ZeRO 2 and 3. ``shared_groups``: the optimiser parameter groups that hold the shared parameters."""
+
+    def __init__(self, engine, tasks, cfg, seed, fp16, accum, shared_groups: list[int]) -> None:
+        super().__init__(engine, tasks, cfg, seed, fp16, accum)
+        shared = [p for p in engine.module.shared_parameters() if p.requires_grad]
+        self.partition = partition_grads(engine, shared_groups, shared)
+        device = shared[0].device
+        self.shard = torch.zeros(len(tasks), self.partition.numel, dtype=torch.float32, device=device)
+        self.peak_bytes = self.shard.numel() * self.shard.element_size()
+
+    def backward(self, task: str, loss: torch.Tensor) -> None:
+        _, last = self._count(task)
+        self.engine.backward(loss)
+        k = self.tasks.index(task)
+        self.partition.take(self.shard[k], boundary=last)  # loss-scaled in fp16, as DeepSpeed holds it
+        self.micro_batches[k] += 1
+        if not last:
+            self.engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
+
+    def step(self) -> bool:
         scale = self.loss_scale()
-        params = self.shared + self.own[task]
-        grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
-        self.buffer.add(self.tasks.index(task), grads[: len(self.shared)], scale)
-        self.micro_batches[self.tasks.index(task)] += 1
+        combined = self._combine(all_reduce_gram(gram_matrix(self.shard)) / scale**2)
+
+        def write(c: Combined) -> None:
+            if c.finite:
+                self.partition.put(c.weights.to(self.shard) @ self.shard)
+            else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
+                self.partition.put(torch.full_like(self.shard[0], float("inf")))
+
+        applied = self._apply(combined, write)
+        self.shard.zero_()
+        return applied
+
+
+class AutogradSurgery(_Surgery):
+    """ZeRO 0 and 1."""
+
+    def __init__(self, engine, tasks, cfg, seed, fp16, accum) -> None:
+        super().__init__(engine, tasks, cfg, seed, fp16, accum)
+        model = engine.module
+        self.module = model
+        self.shared = [p for p in model.shared_parameters() if p.requires_grad]
+        self.own = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in tasks}
+        self.world, self.rank = world_size(), engine.global_rank
+        numel = sum(p.numel() for p in self.shared)
+        self.width = -(-numel // self.world) * self.world  # padded: every rank's shard has the same size
+        self.reducer = RowReducer(len(tasks), self.width, self.shared[0].device)
+        self.rows: dict[int, torch.Tensor] = {}  # local rows of tasks still accumulating in this step
+        self.free: list[torch.Tensor] = []  # rows whose reduction is done, to reuse
+        self.allocated = 0  # local rows in existence
+        self.own_grads: dict[str, list[torch.Tensor]] = {}
+
+    def _views(self, row: torch.Tensor) -> list[torch.Tensor]:
+        """A flat row as tensors shaped like the shared parameters (the padding left out)."""
+        out, offset = [], 0
+        for p in self.shared:
+            out.append(row[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return out
+
+    def _take_row(self) -> torch.Tensor:
+        """A free row: one whose reduction finished, else the oldest in flight once it finishes (the wait
+        comes after this micro-batch's backward, which overlapped it), else a new one."""
+        row = self.free.pop() if self.free else self.reducer.wait_one()
+        if row is None:
+            row = torch.empty(self.width, dtype=torch.float32, device=self.shared[0].device)
+            self.allocated += 1
+            shard = self.reducer.shard
+            self.peak_bytes = max(
+                self.peak_bytes, shard.numel() * shard.element_size() + self.allocated * row.numel() * 4
+            )
+        return row
+
+    def backward(self, task: str, loss: torch.Tensor) -> None:
+        done, _ = self._count(task)
+        k, scale = self.tasks.index(task), self.loss_scale()
+        grads = torch.autograd.grad(
+            loss * (scale / self.accum), self.shared + self.own[task], allow_unused=True
+        )
+        first = k not in self.rows
+        if first:
+            self.rows[k] = self._take_row()
+        row = self.rows[k]
+        if first:
+            row[sum(p.numel() for p in self.shared) :].zero_()  # the padding
+        for view, g in zip(self._views(row), grads[: len(self.shared)]):
+            if g is None:  # unused parameter (e.g. the pooler under mean pooling)
+                if first:
+                    view.zero_()
+            elif first:  # a reused row is overwritten, not zeroed and added to
+                view.copy_(g).div_(scale)
+            else:
+                view.add_(g.float(), alpha=1.0 / scale)
+        self._add_own(task, grads[len(self.shared) :], scale)
+        self.micro_batches[k] += 1
+        if done:
+            self.reducer.reduce(k, self.rows.pop(k))
+
+    def _add_own(self, task: str, grads, scale: float) -> None:
         own = [
             torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() / scale
-            for p, g in zip(self.own[task], grads[len(self.shared) :])
+            for p, g in zip(self.own[task], grads)
         ]
         if task in self.own_grads:
             for acc, g in zip(self.own_grads[task], own):
@@ -56,54 +199,29 @@ class SurgeryStep:
         else:
             self.own_grads[task] = own
 
-    def optimizer_step(self) -> Combined:
-        """Combine the task gradients, hand them to the engine, step; returns weights and Gram matrix.
-        A step that DeepSpeed skips (fp16 overflow) leaves the method's state (GradVac's targets, the task
-        orders' generator) as it was, like the parameters."""
-        before = copy.deepcopy(self.method.state_dict())
-        scales = task_scales(self.micro_batches, self.accum, self.reduction)
-        combined = self.buffer.combine(self.method, scales)
-        if combined.finite:
-            flat = self.buffer.combined_local(combined.weights)
-        elif self.fp16:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
-            flat = torch.full_like(self.buffer.buffer[0], float("inf"))
-        else:
-            raise FloatingPointError("non-finite task gradient in fp32/bf16 training: the run diverged")
-        # c and g stay fp32: the products promote to fp32, so the loss scale that engine.backward applies
-        # meets fp32 numbers and each gradient is cast to the parameter's dtype only once it is scaled
-        surrogate = sum((p * c).sum() for p, c in zip(self.shared, self.buffer.row_views(flat)))
-        for task, grads in self.own_grads.items():
-            surrogate = surrogate + sum((p * g).sum() for p, g in zip(self.own[task], grads))
-        self.engine.backward(surrogate)
-        self.engine.step()
-        if not self.engine.was_step_applied():
-            self.method.load_state_dict(before)
-        self.buffer.zero()
+    def step(self) -> bool:
+        self.free += self.reducer.wait_all()
+        shard = self.reducer.shard
+        combined = self._combine(all_reduce_gram(gram_matrix(shard)))
+
+        def write(c: Combined) -> None:
+            full = self._take_row()  # D-sized: the gradient DeepSpeed receives for the shared parameters
+            full.zero_()
+            mine = full.view(self.world, -1)[self.rank]
+            if c.finite:
+                torch.matmul(c.weights.to(shard), shard, out=mine)
+                mine.mul_(self.world)  # DeepSpeed divides the sum over ranks by N
+            else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
+                mine.fill_(float("inf"))
+            # the gradients stay fp32: the products promote to fp32, so the loss scale that engine.backward
+            # applies meets fp32 numbers and each gradient is cast to the parameter's dtype once scaled
+            surrogate = sum((p * g).sum() for p, g in zip(self.shared, self._views(full)))
+            for task, grads in self.own_grads.items():
+                surrogate = surrogate + sum((p * g).sum() for p, g in zip(self.own[task], grads))
+            self.engine.backward(surrogate)
+            self.free.append(full)
+
+        applied = self._apply(combined, write)
+        self.reducer.shard.zero_()
         self.own_grads = {}
-        self.micro_batches = [0] * len(self.tasks)
-        self.last = combined
-        return combined
-
-    def scalars(self) -> dict[str, float]:
-        """TensorBoard scalars of the last step: task-pair cosines, conflicts, weights, gradient norms."""
-        if self.last is None:
-            return {}
-        gram, w = self.last.gram, self.last.weights
-        norms = gram.diagonal().clamp(min=0).sqrt()
-        out = {f"mtl/grad_norm/{t}": float(norms[i]) for i, t in enumerate(self.tasks)}
-        out |= {f"mtl/weight/{t}": float(w[i]) for i, t in enumerate(self.tasks)}
-        conflicts = 0
-        for i in range(len(self.tasks)):
-            for j in range(i + 1, len(self.tasks)):
-                if norms[i] > 0 and norms[j] > 0:
-                    cos = float(gram[i, j] / (norms[i] * norms[j]))
-                    out[f"mtl/cos/{self.tasks[i]}-{self.tasks[j]}"] = cos
-                    conflicts += cos < 0
-        out["mtl/conflicts"] = conflicts
-        return out
-
-    def state_dict(self) -> dict:
-        return self.method.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.method.load_state_dict(state)
+        return applied

@@ -27,10 +27,10 @@ from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
-from bertmt.engine.optim import build_optimizer
+from bertmt.engine.optim import build_optimizer, shared_group_indices
 from bertmt.engine.preemption import Preempted, Preemption, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
-from bertmt.engine.surgery import SurgeryStep
+from bertmt.engine.steps import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.model import load_tokenizer
 from bertmt.mtl.smart import Smart
@@ -78,19 +78,13 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=lr_schedule, config=self.ds_config
         )
         deepspeed_compat.clear_stale_zero3_gradients(self.engine)
-        self.surgery = (
-            SurgeryStep(
-                self.engine,
-                list(self.samplers),
-                cfg.mtl,
-                cfg.run.seed,
-                fp16=cfg.train.precision == "fp16",
-                accum=cfg.train.grad_accum,
-            )
-            if cfg.mtl.per_task
-            else None
+        self.opt_step = make_step(
+            self.engine, list(self.samplers), cfg, shared_group_indices(self.engine.optimizer)
         )
-        self.smart = Smart(self.engine.module, cfg.mtl.smart) if cfg.mtl.smart.enabled else None
+        self.smart = None
+        if cfg.mtl.smart.enabled:  # under ZeRO-3 the teacher is a whole model of its own
+            build = (lambda: build_model(cfg, init_from)) if cfg.train.zero_stage == 3 else None
+            self.smart = Smart(self.engine.module, cfg.mtl.smart, build)
         job = slurm_job()
         if job is not None:
             log.info("SLURM job %s, restart count %s", job["job_id"], job["restarts"])
@@ -152,8 +146,8 @@ class Trainer:
         if client is None:
             return
         self.state = TrainState(**client["trainer"])
-        if self.surgery is not None:
-            self.surgery.load_state_dict(client["surgery"])
+        if self.cfg.mtl.per_task:
+            self.opt_step.load_state_dict(client["surgery"])
         if self.smart is not None:
             self.smart.load_state_dict(client.get("smart", {}))
         for task, sampler in self.samplers.items():
@@ -167,17 +161,32 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
 
-    def train_step(self, task: str, boundary: bool) -> tuple[dict[str, float], int]:
-        """Forward and backward on a micro-batch of ``task``; the optimiser steps at accumulation ends.
-        Returns the loss (and SMART terms) for logging and the number of real tokens."""
+    def train_step(self) -> tuple[list[tuple[str, dict[str, float]]], int]:
+        """One optimiser step: grad_accum micro-batches of the tasks the schedule names, then the step.
+        Returns each micro-batch's task and losses (SMART terms too) for logging, and the real tokens seen."""
+        st, accum = self.state, self.cfg.train.grad_accum
+        tasks = [self.schedule.task_at(st.epoch, st.index + k, self.batches_per_epoch) for k in range(accum)]
+        self.opt_step.begin(tasks)
+        logged, tokens = [], 0
+        for task in tasks:
+            values, n_tokens = self._micro_batch(task)
+            logged.append((task, values))
+            tokens += n_tokens
+            st.index += 1
+        self.opt_step.step()
+        if self.smart is not None:
+            self.smart.update_teacher()
+        st.step += 1
+        return logged, tokens
+
+    def _micro_batch(self, task: str) -> tuple[dict[str, float], int]:
+        """Forward and backward of one micro-batch of ``task``; its losses and number of real tokens."""
         batch = self.samplers[task].next()
         inputs = model_inputs(batch, self.engine.device)
         labels = batch["labels"].to(self.engine.device)
         spec, weight = self.specs[task], self.cfg.tasks[task].weight
         share = float(batch["share"])  # this rank's part of the global batch (TaskSampler.next)
-        # surgery needs autograd.grad, which engine.forward's hooks break: it runs the bare module
-        model = self.engine if self.surgery is None else self.engine.module
-        outputs = model(task, **inputs)
+        outputs = self.opt_step.module(task, **inputs)
         loss = task_loss(spec, outputs, labels)
         logged = {"loss": loss.item()}
         total = loss
@@ -187,15 +196,7 @@ class Trainer:
             )
             total, logged = loss + extra, logged | parts
         logged = {k: v * share for k, v in logged.items()}  # averaged over ranks: the global-batch mean
-        if self.surgery is None:
-            self.engine.backward(total * (weight * share))  # DeepSpeed divides by grad_accum, averages ranks
-            self.engine.step()
-        else:
-            self.surgery.micro_step(task, total * (weight * share / self.cfg.train.grad_accum))
-            if boundary:
-                self.surgery.optimizer_step()
-        if boundary and self.smart is not None:
-            self.smart.update_teacher()
+        self.opt_step.backward(task, total * (weight * share))  # divided by grad_accum in the step
         return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
 
     def fit(self) -> dict:
@@ -226,18 +227,13 @@ class Trainer:
             dynamic_ncols=True,
         )
         while st.index < n:
-            task = self.schedule.task_at(st.epoch, st.index, n)
-            boundary = (st.index + 1) % cfg.train.grad_accum == 0
-            logged, n_tokens = self.train_step(task, boundary)
-            for name, value in logged.items():
-                sums[f"{task}/{name}"] += value
-                counts[f"{task}/{name}"] += 1
+            logged, n_tokens = self.train_step()
+            for task, values in logged:
+                for name, value in values.items():
+                    sums[f"{task}/{name}"] += value
+                    counts[f"{task}/{name}"] += 1
             tokens += n_tokens
-            st.index += 1
-            bar.update()
-            if not boundary:
-                continue
-            st.step += 1
+            bar.update(len(logged))
             if st.step % cfg.run.log_every == 0:
                 means = self._log_train(sums, counts, tokens / (time.time() - t0))
                 bar.set_postfix(
@@ -270,8 +266,7 @@ class Trainer:
         if self.cfg.train.precision == "fp16":
             scalars["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
             scalars["train/skipped_steps"] = float(self.engine.skipped_steps)
-        if self.surgery is not None:
-            scalars |= self.surgery.scalars()
+        scalars |= self.opt_step.scalars()
         self.writer.log(scalars, self.state.step)
         log.info(
             "step %d/%d  %s  lr %.2e  %.0f tok/s",
@@ -337,8 +332,8 @@ class Trainer:
         st = self.state
         st.drawn = {t: s.drawn for t, s in self.samplers.items()}
         client = {"trainer": dataclasses.asdict(st)}
-        if self.surgery is not None:
-            client["surgery"] = self.surgery.state_dict()
+        if self.cfg.mtl.per_task:
+            client["surgery"] = self.opt_step.state_dict()
         if self.smart is not None:
             client["smart"] = self.smart.state_dict()
         ckpt.save_checkpoint(self.engine, self.run_dir / "checkpoints", f"step-{st.step}", client)

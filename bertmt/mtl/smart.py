@@ -7,7 +7,9 @@ between the perturbed and the clean outputs (``P``: clip to ``||delta||_inf <= e
 whose output does not depend on its input.
 
 Bregman proximal point: ``bregman_weight * D(f(x; theta), f(x; teacher))`` where the teacher is a momentum
-copy of the model, ``teacher <- beta * teacher + (1 - beta) * theta`` after each optimiser step.
+copy of the model, ``teacher <- beta * teacher + (1 - beta) * theta`` after each optimiser step. Under ZeRO-3
+(``partitioned``) no rank holds the model's whole parameters: the teacher is a whole copy built by ``build``
+(same architecture) and its average gathers the parameters once per step (``GatheredParameters``).
 
 Works on any task and with gradient surgery (the terms are part of the task's loss). Each rank perturbs its
 own micro-batch; the regularised loss's gradient is reduced across ranks like any other.
@@ -15,6 +17,7 @@ own micro-batch; the regularised loss's gradient is reduced across ranks like an
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -72,18 +75,34 @@ class EmbeddingNoise:
 
 
 class Smart:
-    def __init__(self, model: nn.Module, cfg: SmartConfig) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: SmartConfig, build: Callable[[], nn.Module] | None = None
+    ) -> None:
+        """``build``: a fresh model of the same architecture, for a ZeRO-3 partitioned ``model``."""
         self.model, self.cfg = model, cfg
         self.teacher = None
+        self.partitioned = build is not None
         if cfg.bregman_weight > 0:
-            self.teacher = copy.deepcopy(model).eval()
-            self.teacher.requires_grad_(False)
+            with self._whole_parameters():
+                self.teacher = copy.deepcopy(model) if build is None else build().to(_device(model))
+                if build is not None:
+                    for t, p in zip(self.teacher.parameters(), model.parameters()):
+                        t.data = p.detach().clone().to(t.dtype)
+            self.teacher.eval().requires_grad_(False)
             # the EMA runs in fp32 (in bf16/fp16 the (1 - beta) increments would mostly round away); for an
             # fp32 model the average is the teacher's own parameters
             self.average = [
                 t.detach() if t.dtype == torch.float32 else t.detach().float().clone()
                 for t in self.teacher.parameters()
             ]
+
+    def _whole_parameters(self):
+        """Context in which every rank holds the model's whole parameters (a no-op unless ZeRO-3)."""
+        if not self.partitioned:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
     def adversarial(
         self, spec: TaskSpec, forward: Callable[[], torch.Tensor], clean: torch.Tensor
@@ -121,9 +140,10 @@ class Smart:
         if self.teacher is None:
             return
         beta = self.cfg.teacher_beta
-        for avg, t, p in zip(self.average, self.teacher.parameters(), self.model.parameters()):
-            avg.mul_(beta).add_(p.detach().float(), alpha=1 - beta)
-            t.copy_(avg)
+        with self._whole_parameters():
+            for avg, t, p in zip(self.average, self.teacher.parameters(), self.model.parameters()):
+                avg.mul_(beta).add_(p.detach().float(), alpha=1 - beta)
+                t.copy_(avg)
 
     def state_dict(self) -> dict:
         return {} if self.teacher is None else {"teacher_fp32": [a.clone() for a in self.average]}
@@ -138,3 +158,7 @@ class Smart:
             for avg, t, a in zip(self.average, self.teacher.parameters(), saved):
                 avg.copy_(a)
                 t.copy_(avg)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,7 +1,7 @@
 """Runs with injected faults (tests/distributed/worker.py). fp16 (CPU, capability check patched): an overflow
 on one rank skips the step on both, lowers the loss scale and leaves weights and surgery state unchanged
-(ZeRO 1 and 2); surgery's head gradients equal fp32's at the default loss scale. A crashing rank and a hung
-rank end the whole run with a non-zero exit."""
+(ZeRO 1, 2 and 3: surrogate and captured-partition paths); surgery's head gradients equal fp32's at the
+default loss scale. A crashing rank and a hung rank end the whole run with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _args(pretrained, data, run_dir, **extra) -> list[str]:
     return ["train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **(base | extra))]
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
     stage, tiny_pretrained, small_data, tmp_path, monkeypatch
 ):
@@ -38,6 +38,7 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
         "train.zero_stage": stage,
         "train.loss_scale_hysteresis": 1,
         "train.initial_scale_power": 10,
+        "mtl.method": "gradvac",  # its targets move at every applied step
     }
     monkeypatch.setenv("BERTMT_TEST_FP16", "1")
     monkeypatch.setenv("BERTMT_TEST_OUT", str(tmp_path))
@@ -49,6 +50,7 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
     for rank in range(2):  # the skipped step leaves the weights as they were; the others move them
         steps = json.loads((tmp_path / f"rank{rank}-surgery.json").read_text())
         assert [s["weights_changed"] for s in steps] == [True, False, True, True]
+        assert [s["state_changed"] for s in steps] == [True, False, True, True]
     assert [r["scale"] for r in ranks] == [2.0**9, 2.0**9]  # halved once from 2**10
     assert ranks[0]["param"] == ranks[1]["param"]  # the ranks still hold the same weights
     ds = json.loads((tmp_path / "run" / "deepspeed_config.json").read_text())
@@ -59,13 +61,14 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_both(
 def test_a_step_deepspeed_skips_leaves_the_surgery_state_unchanged(
     method, tiny_pretrained, small_data, tmp_path, monkeypatch
 ):
-    """An overflow only DeepSpeed sees (a task-head gradient; the shared ones and so the Gram matrix stay
-    finite): every rank skips the step, and GradVac's targets / the task-order generator do not advance."""
+    """An overflow only DeepSpeed sees (a task-head gradient held by the ZeRO 0/1 surgery step; the shared
+    ones and so the Gram matrix stay finite): every rank skips the step, and GradVac's targets / the
+    task-order generator do not advance."""
     extra = {
         "mtl.method": method,
         "mtl.beta": 0.5,
         "train.precision": "fp16",
-        "train.zero_stage": 2,
+        "train.zero_stage": 1,
         "train.loss_scale_hysteresis": 1,
         "train.initial_scale_power": 10,
     }

@@ -1,11 +1,12 @@
 """The gradient DeepSpeed steps with at the first optimiser step, against a hand-written torch reference.
 
-The runs (1 and 2 processes, tiny model without dropout, ZeRO 1) save the gradient the engine holds before
-its first step and that step's micro-batches (tests/distributed/worker.py). The reference takes the initial
-model, runs the same global micro-batches in plain torch (loss = mean over the batch, / grad_accum), and
-combines per-task gradients of the encoder with the naive vector implementations of PCGrad and GradVac
-(tests/unit/test_gram_methods.py): a wrong scale (sum instead of mean over ranks, a missing 1/grad_accum,
-a per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would hide it.
+The runs (1 and 2 processes, tiny model without dropout, ZeRO 1; ZeRO 2 and 3 for two cases) save the gradient
+the engine holds before its first step and that step's micro-batches (tests/distributed/worker.py). The
+reference takes the initial model, runs the same global micro-batches in plain torch (loss = mean over the
+batch, / grad_accum), and combines per-task gradients of the encoder with the naive vector implementations of
+PCGrad and GradVac (tests/unit/test_gram_methods.py): a wrong scale (sum instead of mean over ranks, a missing
+1/grad_accum, a per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would
+hide it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ ACCUM = 4  # 3 tasks in turn over 4 micro-batches: sst is drawn twice, so reduct
 CASES = {
     "plain": {},
     "pcgrad": {"mtl.method": "pcgrad"},
-    "pcgrad-all_reduce-mean": {"mtl.method": "pcgrad", "mtl.reduce": "all_reduce", "mtl.reduction": "mean"},
-    "pcgrad-reduce_scatter-mean": {"mtl.method": "pcgrad", "mtl.reduction": "mean"},
+    "pcgrad-mean": {"mtl.method": "pcgrad", "mtl.reduction": "mean"},
+    "pcgrad-mean-zero2": {"mtl.method": "pcgrad", "mtl.reduction": "mean", "train.zero_stage": 2},
     "gradvac": {"mtl.method": "gradvac", "mtl.beta": 0.5},
+    "gradvac-zero3": {"mtl.method": "gradvac", "mtl.beta": 0.5, "train.zero_stage": 3},
 }
 
 

@@ -1,90 +1,75 @@
-"""The per-task gradient buffer across 2 real gloo processes: the Gram matrix of the rank-averaged task
-gradients, in a fixed handful of collectives (counted through wrappers), and overflow seen on every rank."""
+"""The collectives of surgery at ZeRO 0/1 across 2 real gloo processes (mtl/reduce.py): each task's row is
+reduce-scattered asynchronously into the rank's column shard of the rank-averaged rows, in exactly one
+collective per row (counted by bertmt/engine/comm_stats.py), and one T x T all-reduce of the partial Gram
+matrices gives the Gram matrix of the rank-averaged rows; an inf on one rank reaches every rank's diagonal."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-from bertmt.mtl.reduce import TaskGradients
+from bertmt.engine.comm_stats import CollectiveCounter
+from bertmt.mtl.gram import gram_matrix
 
-T, SHAPES = 3, [(7, 5), (11,), (4, 3)]
-
-
-def _grads(rank: int) -> list[list[torch.Tensor]]:
-    """Rank-specific, deterministic per-task gradients of parameters shaped SHAPES."""
-    gen = torch.Generator().manual_seed(100 + rank)
-    return [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(T)]
+T, WIDTH, WORLD = 3, 10, 2
 
 
-def _worker(rank: int, world: int, init: str, mode: str, out: str, poison: bool) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    calls = {"all_reduce": 0, "reduce_scatter_tensor": 0, "other": 0}
-    for name in (
-        "all_reduce",
-        "reduce_scatter_tensor",
-        "all_gather",
-        "all_gather_into_tensor",
-        "broadcast",
-        "reduce",
-        "all_to_all_single",
-        "send",
-        "recv",
-    ):
-        real = getattr(dist, name)
+def _rows(rank: int) -> torch.Tensor:
+    """Rank-specific, deterministic local rows (T, WIDTH)."""
+    return torch.randn(T, WIDTH, generator=torch.Generator().manual_seed(100 + rank))
 
-        def counted(*args, _real=real, _name=name, **kwargs):
-            calls[_name if _name in calls else "other"] += 1
-            return _real(*args, **kwargs)
 
-        setattr(dist, name, counted)
-    params = [nn.Parameter(torch.zeros(s)) for s in SHAPES]
-    buf = TaskGradients(params, T, mode)
-    for k, grads in enumerate(_grads(rank)):
-        buf.add(k, [g * 2.0 for g in grads], scale=2.0)  # scaled gradients come back unscaled
+def _worker(rank: int, init: str, out: str, poison: bool) -> None:
+    counter = CollectiveCounter().install()
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    from bertmt.mtl.reduce import RowReducer, all_reduce_gram
+
+    before = counter.snapshot()
+    reducer = RowReducer(T, WIDTH, torch.device("cpu"))
+    rows = _rows(rank)
     if poison and rank == 1:
-        buf.buffer[2, 3] = float("inf")
-    gram, finite = buf.gram()
+        rows[2, 3] = float("inf")
+    for k in range(T):
+        reducer.reduce(k, rows[k].clone())
+    freed = reducer.wait_all()
+    gram = all_reduce_gram(gram_matrix(reducer.shard))
     with open(f"{out}/rank{rank}.json", "w") as fp:
-        json.dump({"gram": gram.tolist(), "finite": finite, "calls": calls, "bytes": buf.bytes_moved}, fp)
+        record = {
+            "shard": reducer.shard.tolist(),
+            "gram": gram.tolist(),
+            "freed": len(freed),
+            "counted": CollectiveCounter.delta(counter.snapshot(), before),
+            "bytes": reducer.bytes_moved,
+        }
+        json.dump(record, fp)
     dist.destroy_process_group()
 
 
-def _run(tmp_path, mode: str, poison: bool = False) -> list[dict]:
-    mp.spawn(_worker, args=(2, f"file://{tmp_path}/rendezvous", mode, str(tmp_path), poison), nprocs=2)
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def _run(tmp_path, poison: bool = False) -> list[dict]:
+    mp.spawn(_worker, args=(f"file://{tmp_path}/rendezvous", str(tmp_path), poison), nprocs=WORLD)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize(
-    "mode, expected_calls",
-    [
-        ("all_reduce", {"all_reduce": 1, "reduce_scatter_tensor": 0, "other": 0}),
-        ("reduce_scatter", {"all_reduce": 1, "reduce_scatter_tensor": 1, "other": 0}),
-    ],
-)
-def test_gram_of_rank_averaged_gradients(tmp_path, mode, expected_calls):
-    results = _run(tmp_path, mode)
-    mean = (
-        torch.stack(
-            [torch.stack([torch.cat([g.reshape(-1) for g in task]) for task in _grads(r)]) for r in range(2)]
+def test_shards_and_gram_of_rank_averaged_rows(tmp_path):
+    results = _run(tmp_path)
+    mean = torch.stack([_rows(r) for r in range(WORLD)]).double().mean(0)  # (T, WIDTH)
+    for rank, res in enumerate(results):
+        cols = slice(rank * WIDTH // WORLD, (rank + 1) * WIDTH // WORLD)
+        torch.testing.assert_close(
+            torch.tensor(res["shard"], dtype=torch.float64), mean[:, cols], rtol=1e-6, atol=1e-7
         )
-        .double()
-        .mean(0)
-    )  # (T, D)
-    want = mean @ mean.T
-    for res in results:
-        assert res["finite"] and res["calls"] == expected_calls
-        torch.testing.assert_close(torch.tensor(res["gram"], dtype=torch.float64), want, rtol=1e-6, atol=1e-8)
-    d = sum(torch.Size(s).numel() for s in SHAPES)
-    padded = -(-d // 2) * 2
-    assert results[0]["bytes"] == T * padded * 4 + T * T * 8 * (mode == "reduce_scatter")
+        torch.testing.assert_close(
+            torch.tensor(res["gram"], dtype=torch.float64), mean @ mean.T, rtol=1e-6, atol=1e-7
+        )
+        assert res["freed"] == T
+        assert res["counted"]["calls"] == {"reduce_scatter_tensor": T, "all_reduce": 1}
+        assert res["counted"]["bytes"] == {"reduce_scatter_tensor": T * WIDTH * 4, "all_reduce": T * T * 8}
+        assert res["bytes"] == T * WIDTH * 4
 
 
-@pytest.mark.parametrize("mode", ["all_reduce", "reduce_scatter"])
-def test_an_overflow_on_one_rank_is_seen_by_every_rank(tmp_path, mode):
-    assert [r["finite"] for r in _run(tmp_path, mode, poison=True)] == [False, False]
+def test_an_overflow_on_one_rank_is_seen_by_every_rank(tmp_path):
+    for res in _run(tmp_path, poison=True):
+        assert not torch.isfinite(torch.tensor(res["gram"]).diagonal()).all()

@@ -1,7 +1,8 @@
 """2-rank runs killed (every rank SIGKILLs itself in the middle of the step after the first checkpoint, a
 fixed micro-batch: no race) and started again end with exactly the metrics and dev history of uninterrupted
-2-rank runs: ZeRO-2 with PCGrad, ZeRO-3 (no surgery; exact since bertmt clears ZeRO-3's stale gradient
-partitions, engine/deepspeed_compat.py)."""
+2-rank runs: ZeRO-2 with PCGrad, ZeRO-3 plain (exact since bertmt clears ZeRO-3's stale gradient
+partitions, engine/deepspeed_compat.py), ZeRO-3 with PCGrad (captured partitions) and ZeRO-3 with SMART
+(adversarial term and the Bregman teacher, a whole model gathered once per step)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,17 @@ from tests.e2e.helpers import QUICKSTART, torchrun
 WORKER = "tests.distributed.worker"
 
 
-@pytest.mark.parametrize("stage, method", [(2, "pcgrad"), (3, "none")])
-def test_two_rank_run_resumes_exactly(stage, method, tiny_pretrained, small_data, tmp_path, monkeypatch):
+SMART = {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0}
+
+
+@pytest.mark.parametrize(
+    "stage, method, smart", [(2, "pcgrad", {}), (3, "none", {}), (3, "pcgrad", {}), (3, "none", SMART)]
+)
+def test_two_rank_run_resumes_exactly(
+    stage, method, smart, tiny_pretrained, small_data, tmp_path, monkeypatch
+):
     accum = 3
-    extra = {
+    extra = smart | {
         "train.zero_stage": stage,
         "mtl.method": method,
         "train.grad_accum": accum,

@@ -8,13 +8,15 @@
 - BERTMT_TEST_KILL=CALL: every rank kills itself (SIGKILL) at micro-batch CALL of this process;
 - BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
 - BERTMT_TEST_POISON_HEAD=RANK:CALL: after that rank's micro-batch CALL, its task-head gradient held by the
-  surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite Gram matrix,
-  DeepSpeed an overflow);
+  ZeRO 0/1 surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite
+  Gram matrix, DeepSpeed an overflow);
 - BERTMT_TEST_SURGERY=DIR: each rank writes DIR/rank<r>-surgery.json: per optimiser step, whether DeepSpeed
   applied it, whether the surgery method's state (generator, GradVac targets) and the weights changed;
 - BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
   every parameter that DeepSpeed holds right before its first optimiser step, and the micro-batches of
-  that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``.
+  that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``;
+- BERTMT_TEST_COLLECTIVES=DIR: each rank writes DIR/rank<r>-collectives.json: per optimiser step, the calls
+  and bytes of every collective issued inside ``Trainer.train_step`` (bertmt/engine/comm_stats.py).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def main() -> int:
                 "step": self.state.step,
                 "scale": float(getattr(opt, "cur_scale", 0.0)),
                 "param": float(next(self.engine.module.parameters()).float().sum()),
+                "surgery_bytes": getattr(self.opt_step, "peak_bytes", 0),
+                "shared_numel": sum(
+                    p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                    for p in self.engine.module.shared_parameters()
+                ),
             }
             with open(os.path.join(out, f"rank{rank}.json"), "w") as fp:
                 json.dump(record, fp)
@@ -77,6 +84,8 @@ def main() -> int:
     trainer_mod.Trainer.close = close
     if os.environ.get("BERTMT_TEST_GRADS"):
         _save_first_step_grads(os.environ["BERTMT_TEST_GRADS"], rank)
+    if os.environ.get("BERTMT_TEST_COLLECTIVES"):
+        _record_collectives(os.environ["BERTMT_TEST_COLLECTIVES"], rank)
     if os.environ.get("BERTMT_TEST_SURGERY"):
         _record_surgery_steps(os.environ["BERTMT_TEST_SURGERY"], rank, _at("BERTMT_TEST_POISON_HEAD"))
     from bertmt.cli import main as cli_main
@@ -92,11 +101,11 @@ def _save_first_step_grads(out: str, rank: int) -> None:
     from bertmt.engine.trainer import Trainer
 
     real_step, done, micro_batches, current = DeepSpeedEngine.step, [], [], []
-    real_train_step, real_next = Trainer.train_step, TaskSampler.next
+    real_micro_batch, real_next = Trainer._micro_batch, TaskSampler.next
 
-    def train_step(self, task, boundary):
+    def micro_batch(self, task):
         current[:] = [task]
-        return real_train_step(self, task, boundary)
+        return real_micro_batch(self, task)
 
     def next_batch(self):
         batch = real_next(self)
@@ -104,7 +113,7 @@ def _save_first_step_grads(out: str, rank: int) -> None:
             micro_batches.append((current[0], batch["rows"].tolist(), float(batch["share"])))
         return batch
 
-    Trainer.train_step, TaskSampler.next = train_step, next_batch
+    Trainer._micro_batch, TaskSampler.next = micro_batch, next_batch
 
     def step(self, *args, **kwargs):
         if not done and self.is_gradient_accumulation_boundary():
@@ -121,39 +130,61 @@ def _save_first_step_grads(out: str, rank: int) -> None:
     DeepSpeedEngine.step = step
 
 
+def _record_collectives(out: str, rank: int) -> None:
+    from bertmt.engine.comm_stats import CollectiveCounter
+    from bertmt.engine.trainer import Trainer
+
+    counter, steps, real_train_step = CollectiveCounter().install(), [], Trainer.train_step
+
+    def train_step(self):
+        before = counter.snapshot()
+        result = real_train_step(self)
+        steps.append(CollectiveCounter.delta(counter.snapshot(), before))
+        with open(os.path.join(out, f"rank{rank}-collectives.json"), "w") as fp:
+            json.dump(steps, fp)
+        return result
+
+    Trainer.train_step = train_step
+
+
 def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -> None:
     import copy
 
-    from bertmt.engine.surgery import SurgeryStep
+    from bertmt.engine import surgery
 
-    real_micro, real_step, calls, steps = SurgeryStep.micro_step, SurgeryStep.optimizer_step, [0], []
+    real_backward, real_apply, calls, steps = (
+        surgery.AutogradSurgery.backward,
+        surgery._Surgery._apply,
+        [0],
+        [],
+    )
 
-    def micro_step(self, task, loss):
+    def backward(self, task, loss):
         call, calls[0] = calls[0], calls[0] + 1
-        real_micro(self, task, loss)
+        real_backward(self, task, loss)
         if poison == (rank, call):
             self.own_grads[task][0].fill_(float("inf"))
 
     def weights(self):
         return torch.cat([p.detach().float().flatten() for p in self.engine.module.parameters()])
 
-    def optimizer_step(self):
+    def apply(self, combined, write):
         before, weights_before = copy.deepcopy(self.method.state_dict()), weights(self)
-        combined = real_step(self)
+        applied = real_apply(self, combined, write)
         after = self.method.state_dict()
         same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         steps.append(
             {
-                "applied": self.engine.was_step_applied(),
+                "applied": applied,
                 "state_changed": not same,
                 "weights_changed": not torch.equal(weights(self), weights_before),
             }
         )
         with open(os.path.join(out, f"rank{rank}-surgery.json"), "w") as fp:
             json.dump(steps, fp)
-        return combined
+        return applied
 
-    SurgeryStep.micro_step, SurgeryStep.optimizer_step = micro_step, optimizer_step
+    surgery.AutogradSurgery.backward, surgery._Surgery._apply = backward, apply
 
 
 if __name__ == "__main__":

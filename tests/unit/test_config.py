@@ -59,10 +59,6 @@ def test_dotted_overrides_reach_nested_fields():
         ),
         (["optim.lr"], "override 'optim.lr': expected KEY=VALUE"),
         (
-            ["mtl.method=pcgrad", "train.zero_stage=3"],
-            "config key 'mtl.method': expected none with train.zero_stage=3",
-        ),
-        (
             ["schedule.kind=temperature"],
             "config key 'schedule.kind': expected one of ['round_robin', 'random'",
         ),

@@ -1,0 +1,132 @@
+"""The rank's partition of the reduced gradient of the shared parameters, as DeepSpeed holds it (ZeRO 2, 3).
+
+ZeRO 2 and 3 reduce-scatter gradients after every micro-batch, so right after a micro-batch of task k a rank
+holds its shard of task k's rank-averaged gradient (DESIGN.md, "Data flow"). ``take`` adds that shard to a row
+of the surgery buffer and clears DeepSpeed's accumulator for the shared parameters; ``put`` writes the
+combined shard back just before ``engine.step()``. Heads and PALs live in their own optimiser parameter groups
+(engine/optim.py) and keep accumulating untouched.
+
+- stage 3: DeepSpeed's public fragment API (``safe_get_local_grad`` / ``safe_set_local_grad``).
+- stage 2: no public API reads a partition without an all-reduce; this uses the DeepSpeed 0.19 partition
+  buffers (``all_grad_tensors`` between micro-batches, ``averaged_gradients`` at the boundary), checked here
+  and by tests/distributed/test_zero_partitions.py against a DeepSpeed-only reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bertmt.engine.deepspeed_compat import DeepSpeedInternalsChanged
+
+
+class PartitionGrads:
+    """One ZeRO stage's view of the shared parameters' gradient partition on this rank (``numel`` values)."""
+
+    numel: int
+
+    def take(self, out: torch.Tensor, boundary: bool) -> None:
+        """``out += partition`` (fp32, loss-scaled as DeepSpeed holds it); DeepSpeed's accumulator cleared."""
+        raise NotImplementedError
+
+    def put(self, flat: torch.Tensor) -> None:
+        """Make ``flat`` the partition that ``engine.step()`` uses (after the boundary micro-batch's take)."""
+        raise NotImplementedError
+
+
+def partition_grads(engine, shared_groups: list[int], shared: list[torch.nn.Parameter]) -> PartitionGrads:
+    stage = engine.zero_optimization_stage()
+    if stage == 3:
+        return Stage3(engine.optimizer, shared)
+    if stage == 2:
+        return Stage2(engine.optimizer, shared_groups)
+    raise ValueError(f"gradient partitions are captured at ZeRO 2 and 3, not at stage {stage}")
+
+
+class Stage3(PartitionGrads):
+    def __init__(self, optimizer, params: list[torch.nn.Parameter]) -> None:
+        missing = [
+            n
+            for n in ("get_local_fp32_grad_for_param", "set_local_grad_for_param")
+            if not hasattr(optimizer, n)
+        ]
+        if missing or not all(hasattr(p, "ds_tensor") for p in params):
+            raise DeepSpeedInternalsChanged(f"ZeRO-3 optimizer lacks {missing or 'param.ds_tensor'}")
+        self.params = params
+        self.sizes = [p.ds_tensor.numel() for p in params]
+        self.numel = sum(self.sizes)
+
+    def take(self, out: torch.Tensor, boundary: bool) -> None:
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        for view, p in zip(out.split(self.sizes), self.params):
+            grad = safe_get_local_grad(p)
+            view.add_(grad.view(-1).float())
+            safe_set_local_grad(p, torch.zeros_like(grad))
+
+    def put(self, flat: torch.Tensor) -> None:
+        from deepspeed.utils import safe_set_local_grad
+
+        for view, p in zip(flat.split(self.sizes), self.params):
+            safe_set_local_grad(p, view)
+
+
+class Stage2(PartitionGrads):
+    """DeepSpeed 0.19 ZeRO-2: after a non-boundary micro-batch, ``all_grad_tensors[g]`` holds the reduced
+    gradients of the group's parameters in this partition (read through DeepSpeed's ``get_flat_partition``)
+    and is rebuilt from scratch when set to None; after the boundary micro-batch, ``averaged_gradients[g]`` is
+    the flat partition as a list of tensors, which ``step`` flattens. With fp32 accumulation of 16-bit
+    gradients (bf16), one ``flat_partition`` buffer accumulates instead."""
+
+    def __init__(self, optimizer, groups: list[int]) -> None:
+        for name in ("all_grad_tensors", "averaged_gradients", "params_in_partition", "partition_size"):
+            if not hasattr(optimizer, name):
+                raise DeepSpeedInternalsChanged(f"ZeRO-2 optimizer has no attribute {name!r}")
+        if not isinstance(optimizer.all_grad_tensors, dict) or not isinstance(
+            optimizer.averaged_gradients, dict
+        ):
+            raise DeepSpeedInternalsChanged("ZeRO-2 all_grad_tensors/averaged_gradients are no longer dicts")
+        self.opt, self.groups = optimizer, groups
+        self.sizes = [int(optimizer.partition_size[g]) for g in groups]
+        self.numel = sum(self.sizes)
+
+    def _flat(self, g: int) -> torch.Tensor:
+        from deepspeed.accelerator import get_accelerator
+
+        opt = self.opt
+        return opt.get_flat_partition(
+            opt.params_in_partition[g],
+            opt.first_offset[g],
+            opt.partition_size[g],
+            dtype=opt.gradient_accumulation_dtype,
+            device=get_accelerator().current_device_name(),
+            param_group_idx=g,
+        )
+
+    def take(self, out: torch.Tensor, boundary: bool) -> None:
+        opt = self.opt
+        for view, g in zip(out.split(self.sizes), self.groups):
+            compact = getattr(opt.averaged_gradients.get(g), "flat_partition", None)
+            if compact is not None:
+                view.add_(compact.float())
+                compact.zero_()
+            elif boundary:
+                view.add_(torch.cat([t.reshape(-1) for t in opt.averaged_gradients[g]]).float())
+            elif opt.all_grad_tensors.get(g) is not None:
+                view.add_(self._flat(g).float())
+                opt.all_grad_tensors[g] = None
+            # else: no parameter of the group in this partition received a gradient
+
+    def put(self, flat: torch.Tensor) -> None:
+        opt = self.opt
+        for part, g in zip(flat.split(self.sizes), self.groups):
+            held = opt.averaged_gradients[g]
+            compact = getattr(held, "flat_partition", None)
+            if compact is not None:
+                compact.copy_(part)
+                continue
+            offset = 0
+            for t in held:
+                t.copy_(part[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+            if offset != part.numel():
+                raise DeepSpeedInternalsChanged(f"ZeRO-2 partition of group {g}: {offset} != {part.numel()}")

@@ -1,0 +1,101 @@
+"""What gradient surgery costs beyond plain training, counted in real 2-rank runs (every collective inside
+``Trainer.train_step`` is wrapped and counted, bertmt/engine/comm_stats.py; buffer sizes from the surgery
+step):
+
+- ZeRO 2 and 3: exactly the collectives and bytes of a plain step plus one T x T float64 all-reduce; surgery
+  buffers T * D/N fp32 (D: shared parameters, N: ranks).
+- ZeRO 0 and 1: a plain step's collectives (DeepSpeed's one reduction, of the surrogate gradient) plus one
+  reduce-scatter per task row (D padded to N) and the T x T all-reduce; buffers T * D/N fp32 plus one local
+  row when each task's micro-batches are consecutive (round robin, grad_accum T), T rows when interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import tiny_overrides
+from tests.e2e.helpers import QUICKSTART, torchrun
+
+WORKER = "tests.distributed.worker"
+T, WORLD = 3, 2
+
+
+def _run(pretrained, data, out, stage: int, method: str, accum: int, monkeypatch) -> list[dict]:
+    out.mkdir()
+    extra = {
+        "train.zero_stage": stage,
+        "train.grad_accum": accum,
+        "train.epochs": 1,
+        "train.batches_per_epoch": 2 * accum,
+        "mtl.method": method,
+        "model.pooling": "pooler",  # every shared parameter gets a gradient in plain training too
+        "tasks.sst.test": None,
+        "tasks.sts.test": None,
+    }
+    monkeypatch.setenv("BERTMT_TEST_COLLECTIVES", str(out))
+    monkeypatch.setenv("BERTMT_TEST_OUT", str(out))
+    torchrun(
+        WORLD,
+        "train",
+        str(QUICKSTART),
+        *tiny_overrides(pretrained, data, out / "run", **extra),
+        module=WORKER,
+    )
+    return [
+        {
+            "steps": json.loads((out / f"rank{r}-collectives.json").read_text()),
+            **json.loads((out / f"rank{r}.json").read_text()),
+        }
+        for r in range(WORLD)
+    ]
+
+
+def _added(surgery: dict, plain: dict) -> dict[str, dict[str, int]]:
+    """Collectives (calls and bytes per name) in a surgery step beyond the plain step."""
+    return {
+        kind: {
+            k: surgery[kind].get(k, 0) - plain[kind].get(k, 0)
+            for k in set(surgery[kind]) | set(plain[kind])
+            if surgery[kind].get(k, 0) != plain[kind].get(k, 0)
+        }
+        for kind in ("calls", "bytes")
+    }
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_surgery_adds_only_its_own_collectives_and_buffers(
+    stage, tiny_pretrained, small_data, tmp_path, monkeypatch
+):
+    plain = _run(tiny_pretrained, small_data, tmp_path / "plain", stage, "none", T, monkeypatch)
+    surgery = _run(tiny_pretrained, small_data, tmp_path / "pcgrad", stage, "pcgrad", T, monkeypatch)
+    d = surgery[0]["shared_numel"]
+    shard = T * math.ceil(d / WORLD) * 4
+    for rank in range(WORLD):
+        assert len(surgery[rank]["steps"]) == len(plain[rank]["steps"]) == 2
+        for got, want in zip(surgery[rank]["steps"], plain[rank]["steps"]):
+            assert want["calls"], "plain training issued no collective?"
+            added = _added(got, want)
+            if stage >= 2:
+                assert added == {"calls": {"all_reduce": 1}, "bytes": {"all_reduce": T * T * 8}}
+            else:
+                row = math.ceil(d / WORLD) * WORLD * 4
+                assert added == {
+                    "calls": {"all_reduce": 1, "reduce_scatter_tensor": T},
+                    "bytes": {"all_reduce": T * T * 8, "reduce_scatter_tensor": T * row},
+                }
+        held = surgery[rank]["surgery_bytes"]
+        if stage >= 2:  # ZeRO's partitions pad each group (stage 2) or parameter (stage 3) to N
+            assert shard <= held <= shard * 1.01
+        else:
+            assert held == shard + math.ceil(d / WORLD) * WORLD * 4  # the shard and one local row
+
+
+def test_interleaved_tasks_hold_one_local_row_each(tiny_pretrained, small_data, tmp_path, monkeypatch):
+    """Round robin with grad_accum 2T: sst, quora, sts, sst, quora, sts; no row is final before the fourth."""
+    surgery = _run(tiny_pretrained, small_data, tmp_path / "pcgrad", 1, "pcgrad", 2 * T, monkeypatch)
+    d = surgery[0]["shared_numel"]
+    row = math.ceil(d / WORLD) * WORLD * 4
+    assert surgery[0]["surgery_bytes"] == T * math.ceil(d / WORLD) * 4 + T * row
