@@ -66,10 +66,11 @@ class _Surgery(Step):
         weights, _ = combine(self.method, gram, task_scales(self.micro_batches, self.accum, self.reduction))
         return Combined(weights, gram, True)
 
-    def _apply(self, combined: Combined, write) -> bool:
-        """``write(combined)`` hands the combined gradient to the engine; then step, keeping the method's
-        state if DeepSpeed skips the step."""
+    def _apply(self, gram: torch.Tensor, write) -> bool:
+        """Weights from ``gram``; ``write(combined)`` hands the combined gradient to the engine; then step,
+        putting the method's state back as it was before the weights if DeepSpeed skips the step."""
         before = copy.deepcopy(self.method.state_dict())
+        combined = self._combine(gram)
         write(combined)
         self.engine.step()
         applied = self.engine.was_step_applied()
@@ -111,7 +112,7 @@ class CapturedSurgery(_Surgery):
 
     def step(self) -> bool:
         scale = self.loss_scale()
-        combined = self._combine(all_reduce_gram(gram_matrix(self.shard)) / scale**2)
+        gram = all_reduce_gram(gram_matrix(self.shard)) / scale**2
 
         def write(c: Combined) -> None:
             if c.finite:
@@ -119,7 +120,7 @@ class CapturedSurgery(_Surgery):
             else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
                 self.partition.put(torch.full_like(self.shard[0], float("inf")))
 
-        applied = self._apply(combined, write)
+        applied = self._apply(gram, write)
         self.shard.zero_()
         return applied
 
@@ -202,7 +203,7 @@ class AutogradSurgery(_Surgery):
     def step(self) -> bool:
         self.free += self.reducer.wait_all()
         shard = self.reducer.shard
-        combined = self._combine(all_reduce_gram(gram_matrix(shard)))
+        gram = all_reduce_gram(gram_matrix(shard))
 
         def write(c: Combined) -> None:
             full = self._take_row()  # D-sized: the gradient DeepSpeed receives for the shared parameters
@@ -221,7 +222,7 @@ class AutogradSurgery(_Surgery):
             self.engine.backward(surrogate)
             self.free.append(full)
 
-        applied = self._apply(combined, write)
+        applied = self._apply(gram, write)
         self.reducer.shard.zero_()
         self.own_grads = {}
         return applied

@@ -166,11 +166,15 @@ def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -
             self.own_grads[task][0].fill_(float("inf"))
 
     def weights(self):
-        return torch.cat([p.detach().float().flatten() for p in self.engine.module.parameters()])
+        import deepspeed
 
-    def apply(self, combined, write):
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id")):  # ZeRO-3
+            return torch.cat([p.detach().float().flatten() for p in params])
+
+    def apply(self, gram, write):
         before, weights_before = copy.deepcopy(self.method.state_dict()), weights(self)
-        applied = real_apply(self, combined, write)
+        applied = real_apply(self, gram, write)
         after = self.method.state_dict()
         same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         steps.append(
