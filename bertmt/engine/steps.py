@@ -22,11 +22,13 @@ class Step:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.module = engine
-        self.left: dict[str, int] = {}  # micro-batches of each task still to come in this step
+        self.counts: dict[str, int] = {}  # micro-batches of each task in this step
+        self.left: dict[str, int] = {}  # of those, still to come
         self.total_left = 0
 
     def begin(self, tasks: list[str]) -> None:
-        self.left = {t: tasks.count(t) for t in set(tasks)}
+        self.counts = {t: tasks.count(t) for t in set(tasks)}
+        self.left = dict(self.counts)
         self.total_left = len(tasks)
 
     def _count(self, task: str) -> tuple[bool, bool]:

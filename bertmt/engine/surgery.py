@@ -49,7 +49,6 @@ class _Surgery(Step):
         super().__init__(engine)
         self.tasks, self.fp16, self.accum, self.reduction = tasks, fp16, accum, cfg.reduction
         self.method = Method.from_config(cfg, len(tasks), seed)
-        self.micro_batches = [0] * len(tasks)  # per task, in the current optimiser step
         self.last: Combined | None = None
         self.peak_bytes = 0  # largest size of the surgery buffers so far (tests/bench)
 
@@ -63,7 +62,8 @@ class _Surgery(Step):
             if not self.fp16:
                 raise FloatingPointError("non-finite task gradient in fp32/bf16 training: the run diverged")
             return Combined(torch.zeros(len(self.tasks), dtype=torch.float64), gram, False)
-        weights, _ = combine(self.method, gram, task_scales(self.micro_batches, self.accum, self.reduction))
+        micro_batches = [self.counts.get(t, 0) for t in self.tasks]
+        weights, _ = combine(self.method, gram, task_scales(micro_batches, self.accum, self.reduction))
         return Combined(weights, gram, True)
 
     def _apply(self, gram: torch.Tensor, write) -> bool:
@@ -76,7 +76,6 @@ class _Surgery(Step):
         applied = self.engine.was_step_applied()
         if not applied:
             self.method.load_state_dict(before)
-        self.micro_batches = [0] * len(self.tasks)
         self.last = combined
         return applied
 
@@ -106,7 +105,6 @@ class CapturedSurgery(_Surgery):
         self.engine.backward(loss)
         k = self.tasks.index(task)
         self.partition.take(self.shard[k], boundary=last)  # loss-scaled in fp16, as DeepSpeed holds it
-        self.micro_batches[k] += 1
         if not last:
             self.engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
 
@@ -135,8 +133,8 @@ class AutogradSurgery(_Surgery):
         self.shared = [p for p in model.shared_parameters() if p.requires_grad]
         self.own = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in tasks}
         self.world, self.rank = world_size(), engine.global_rank
-        numel = sum(p.numel() for p in self.shared)
-        self.width = -(-numel // self.world) * self.world  # padded: every rank's shard has the same size
+        self.numel = sum(p.numel() for p in self.shared)
+        self.width = -(-self.numel // self.world) * self.world  # padded: every rank's shard has the same size
         self.reducer = RowReducer(len(tasks), self.width, self.shared[0].device)
         self.rows: dict[int, torch.Tensor] = {}  # local rows of tasks still accumulating in this step
         self.free: list[torch.Tensor] = []  # rows whose reduction is done, to reuse
@@ -175,7 +173,7 @@ class AutogradSurgery(_Surgery):
             self.rows[k] = self._take_row()
         row = self.rows[k]
         if first:
-            row[sum(p.numel() for p in self.shared) :].zero_()  # the padding
+            row[self.numel :].zero_()  # the padding
         for view, g in zip(self._views(row), grads[: len(self.shared)]):
             if g is None:  # unused parameter (e.g. the pooler under mean pooling)
                 if first:
@@ -185,7 +183,6 @@ class AutogradSurgery(_Surgery):
             else:
                 view.add_(g.float(), alpha=1.0 / scale)
         self._add_own(task, grads[len(self.shared) :], scale)
-        self.micro_batches[k] += 1
         if done:
             self.reducer.reduce(k, self.rows.pop(k))
 

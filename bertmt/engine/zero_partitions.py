@@ -14,23 +14,23 @@ combined shard back just before ``engine.step()``. Heads and PALs live in their 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from bertmt.engine.deepspeed_compat import DeepSpeedInternalsChanged
 
 
-class PartitionGrads:
+class PartitionGrads(Protocol):
     """One ZeRO stage's view of the shared parameters' gradient partition on this rank (``numel`` values)."""
 
     numel: int
 
     def take(self, out: torch.Tensor, boundary: bool) -> None:
         """``out += partition`` (fp32, loss-scaled as DeepSpeed holds it); DeepSpeed's accumulator cleared."""
-        raise NotImplementedError
 
     def put(self, flat: torch.Tensor) -> None:
         """Make ``flat`` the partition that ``engine.step()`` uses (after the boundary micro-batch's take)."""
-        raise NotImplementedError
 
 
 def partition_grads(engine, shared_groups: list[int], shared: list[torch.nn.Parameter]) -> PartitionGrads:
@@ -42,7 +42,7 @@ def partition_grads(engine, shared_groups: list[int], shared: list[torch.nn.Para
     raise ValueError(f"gradient partitions are captured at ZeRO 2 and 3, not at stage {stage}")
 
 
-class Stage3(PartitionGrads):
+class Stage3:
     def __init__(self, optimizer, params: list[torch.nn.Parameter]) -> None:
         missing = [
             n
@@ -70,7 +70,7 @@ class Stage3(PartitionGrads):
             safe_set_local_grad(p, view)
 
 
-class Stage2(PartitionGrads):
+class Stage2:
     """DeepSpeed 0.19 ZeRO-2: after a non-boundary micro-batch, ``all_grad_tensors[g]`` holds the reduced
     gradients of the group's parameters in this partition (read through DeepSpeed's ``get_flat_partition``)
     and is rebuilt from scratch when set to None; after the boundary micro-batch, ``averaged_gradients[g]`` is

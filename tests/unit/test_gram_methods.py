@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 
 from bertmt.mtl import make_method
-from bertmt.mtl.gram import combine, task_scales
+from bertmt.mtl.gram import combine, gram_matrix, gram_stats, task_scales
 
 
 def naive_pcgrad(grads: np.ndarray, orders) -> np.ndarray:
@@ -173,3 +173,14 @@ def test_bad_method_options(name, options, message):
     with pytest.raises(ValueError) as err:
         make_method(name, 3, **options)
     assert message in str(err.value)
+
+
+def test_gram_stats_read_norms_cosines_and_the_combined_norm_off_the_gram_matrix():
+    g = torch.tensor([[3.0, 4.0, 0.0], [-3.0, 0.0, 1.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    stats = gram_stats(gram_matrix(g), w, ["a", "b", "c"])
+    assert stats["mtl/grad_norm/a"] == pytest.approx(5.0)
+    assert stats["mtl/cos/a-b"] == pytest.approx(float(g[0] @ g[1] / (g[0].norm() * g[1].norm())))
+    assert stats["mtl/conflicts"] == 1  # a-b only (b-c is orthogonal)
+    assert stats["mtl/weight/b"] == 2.0
+    assert stats["mtl/combined_norm"] == pytest.approx(float((w @ g).norm()))
