@@ -9,10 +9,12 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
+_ONE_INPUT = ("reduce_scatter_tensor", "reduce_scatter_single", "all_gather_into_tensor", "all_gather_single")
+
 
 def _payload(name: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """The tensors a call sends: the input, not the output buffer."""
-    if name in ("reduce_scatter_tensor", "all_gather_into_tensor", "all_to_all_single"):
+    if name in _ONE_INPUT or name == "all_to_all_single":
         return [kwargs.get("input_tensor", kwargs.get("input", args[1] if len(args) > 1 else None))]
     if name == "all_gather":
         return [kwargs.get("tensor", args[1] if len(args) > 1 else None)]
@@ -30,8 +32,10 @@ COUNTED = (
     "broadcast",
     "reduce_scatter",
     "reduce_scatter_tensor",
+    "reduce_scatter_single",
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
     "all_to_all_single",
     "send",
     "recv",

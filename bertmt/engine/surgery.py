@@ -1,7 +1,7 @@
 """Gradient surgery steps (interface in engine/steps.py; data flow in DESIGN.md). Each rank ends the step
 holding its shard of every task's rank-averaged gradient of the shared parameters; the partial Gram matrices
 of the shards, summed by one T x T all-reduce, give the method's weights w; ``w @ shard`` becomes the shared
-parameters' gradient without a second reduction of D-sized data beyond what plain training does.
+parameters' gradient without a second reduction.
 
 - ``CapturedSurgery`` (ZeRO 2, 3): DeepSpeed reduce-scatters every micro-batch as in plain training; after
   each micro-batch of task k the shared parameters' reduced partition moves into row k of a (T, D/N) shard
@@ -10,12 +10,14 @@ parameters' gradient without a second reduction of D-sized data beyond what plai
 - ``AutogradSurgery`` (ZeRO 0, 1; DeepSpeed's gradient_accumulation_steps is 1): one ``torch.autograd.grad``
   per micro-batch (through the bare module: engine.forward's hooks break autograd.grad) into task k's local
   row; after task k's last micro-batch of the step the row is reduce-scattered asynchronously into the shard
-  (mtl/reduce.py) and reused. At the boundary one ``engine.backward`` of a surrogate hands DeepSpeed, as the
-  shared gradient, ``N * (w @ shard)`` at this rank's columns and zeros elsewhere: DeepSpeed's own average
-  over ranks assembles ``w @ G`` on every rank (it replaces the all-gather), and its loss scaling, clipping
-  and overflow check apply as usual; heads and PALs get their own gradients through the same surrogate.
-  Memory: T * D/N fp32 plus the local rows of tasks whose micro-batches are not finished (one row when each
-  task's micro-batches are consecutive).
+  (mtl/reduce.py) and reused. At the boundary the combined shard ``w @ shard`` is all-gathered once into the
+  whole combined gradient, the heads' and PALs' gradients (summed over the step) are averaged by one
+  all-reduce of their size, and one ``engine.backward`` of a surrogate hands both to DeepSpeed with its
+  reduction off (``backward_reduced``, engine/zero_partitions.py): its loss scaling, clipping and overflow
+  check apply as usual. Collectives: T reduce-scatters of D, one all-gather of D, the heads' all-reduce and
+  the T x T all-reduce, instead of plain training's all-reduce of D + heads. Memory: T * D/N fp32 plus the
+  local rows of tasks whose micro-batches are not finished (one row when each task's micro-batches are
+  consecutive), plus the heads' gradients.
 
 A step that DeepSpeed skips (fp16 overflow) leaves the method's state (GradVac's targets, the task orders'
 generator) as it was, like the parameters.
@@ -30,9 +32,9 @@ import torch
 
 from bertmt.config import MtlConfig
 from bertmt.engine.steps import Step
-from bertmt.engine.zero_partitions import partition_grads
+from bertmt.engine.zero_partitions import backward_reduced, partition_grads
 from bertmt.mtl.gram import Method, combine, gram_matrix, gram_stats, task_scales
-from bertmt.mtl.reduce import RowReducer, all_reduce_gram, world_size
+from bertmt.mtl.reduce import RowReducer, all_gather_row, all_reduce_gram, all_reduce_mean, world_size
 
 
 @dataclass
@@ -135,19 +137,19 @@ class AutogradSurgery(_Surgery):
         self.world, self.rank = world_size(), engine.global_rank
         self.numel = sum(p.numel() for p in self.shared)
         self.width = -(-self.numel // self.world) * self.world  # padded: every rank's shard has the same size
-        self.reducer = RowReducer(len(tasks), self.width, self.shared[0].device)
+        device = self.shared[0].device
+        self.reducer = RowReducer(len(tasks), self.width, device)
         self.rows: dict[int, torch.Tensor] = {}  # local rows of tasks still accumulating in this step
         self.free: list[torch.Tensor] = []  # rows whose reduction is done, to reuse
         self.allocated = 0  # local rows in existence
-        self.own_grads: dict[str, list[torch.Tensor]] = {}
-
-    def _views(self, row: torch.Tensor) -> list[torch.Tensor]:
-        """A flat row as tensors shaped like the shared parameters (the padding left out)."""
-        out, offset = [], 0
-        for p in self.shared:
-            out.append(row[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return out
+        # heads and PALs (a head shared by two tasks once): their gradients, summed over the step's
+        # micro-batches, reduced at the boundary with one all-reduce of their size (not D)
+        unique = {id(p): p for t in tasks for p in self.own[t]}
+        self.own_params = list(unique.values())
+        own_numel = sum(p.numel() for p in self.own_params)
+        self.own_flat = torch.zeros(own_numel, dtype=torch.float32, device=device)
+        own_views = dict(zip(unique, _views(self.own_flat, self.own_params)))
+        self.own_views = {t: [own_views[id(p)] for p in self.own[t]] for t in tasks}
 
     def _take_row(self) -> torch.Tensor:
         """A free row: one whose reduction finished, else the oldest in flight once it finishes (the wait
@@ -174,7 +176,7 @@ class AutogradSurgery(_Surgery):
         row = self.rows[k]
         if first:
             row[self.numel :].zero_()  # the padding
-        for view, g in zip(self._views(row), grads[: len(self.shared)]):
+        for view, g in zip(_views(row, self.shared), grads[: len(self.shared)]):
             if g is None:  # unused parameter (e.g. the pooler under mean pooling)
                 if first:
                     view.zero_()
@@ -182,44 +184,45 @@ class AutogradSurgery(_Surgery):
                 view.copy_(g).div_(scale)
             else:
                 view.add_(g.float(), alpha=1.0 / scale)
-        self._add_own(task, grads[len(self.shared) :], scale)
+        for view, g in zip(self.own_views[task], grads[len(self.shared) :]):
+            if g is not None:
+                view.add_(g.float(), alpha=1.0 / scale)
         if done:
             self.reducer.reduce(k, self.rows.pop(k))
-
-    def _add_own(self, task: str, grads, scale: float) -> None:
-        own = [
-            torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() / scale
-            for p, g in zip(self.own[task], grads)
-        ]
-        if task in self.own_grads:
-            for acc, g in zip(self.own_grads[task], own):
-                acc.add_(g)
-        else:
-            self.own_grads[task] = own
 
     def step(self) -> bool:
         self.free += self.reducer.wait_all()
         shard = self.reducer.shard
         gram = all_reduce_gram(gram_matrix(shard))
+        all_reduce_mean(self.own_flat)
 
         def write(c: Combined) -> None:
-            full = self._take_row()  # D-sized: the gradient DeepSpeed receives for the shared parameters
-            full.zero_()
+            full = self._take_row()  # D-sized: the combined gradient of the shared parameters
             mine = full.view(self.world, -1)[self.rank]
             if c.finite:
                 torch.matmul(c.weights.to(shard), shard, out=mine)
-                mine.mul_(self.world)  # DeepSpeed divides the sum over ranks by N
             else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
                 mine.fill_(float("inf"))
+            all_gather_row(full)
             # the gradients stay fp32: the products promote to fp32, so the loss scale that engine.backward
             # applies meets fp32 numbers and each gradient is cast to the parameter's dtype once scaled
-            surrogate = sum((p * g).sum() for p, g in zip(self.shared, self._views(full)))
-            for task, grads in self.own_grads.items():
-                surrogate = surrogate + sum((p * g).sum() for p, g in zip(self.own[task], grads))
-            self.engine.backward(surrogate)
+            surrogate = sum((p * g).sum() for p, g in zip(self.shared, _views(full, self.shared)))
+            surrogate = surrogate + sum(
+                (p * g).sum() for p, g in zip(self.own_params, _views(self.own_flat, self.own_params))
+            )
+            backward_reduced(self.engine, surrogate)
             self.free.append(full)
 
         applied = self._apply(gram, write)
         self.reducer.shard.zero_()
-        self.own_grads = {}
+        self.own_flat.zero_()
         return applied
+
+
+def _views(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A flat buffer as tensors shaped like ``params``, in order (any padding at the end left out)."""
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out

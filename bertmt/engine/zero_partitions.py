@@ -33,6 +33,24 @@ class PartitionGrads(Protocol):
         """Make ``flat`` the partition that ``engine.step()`` uses (after the boundary micro-batch's take)."""
 
 
+def backward_reduced(engine, loss: torch.Tensor) -> None:
+    """ZeRO 0 and 1: ``engine.backward(loss)`` for a loss whose gradients are already reduced (identical on
+    every rank), without DeepSpeed's reduction: its loss scaling applies, then ``no_sync`` skips the
+    all-reduce. At ZeRO 1 the optimiser's epilogue then takes this rank's partition of those gradients (what
+    it does after its own reduction; DeepSpeed 0.19, checked by tests/distributed/test_zero_partitions.py)."""
+    stage = engine.zero_optimization_stage()
+    if stage > 1:
+        raise ValueError(f"backward_reduced is for ZeRO 0 and 1, not stage {stage}")
+    with engine.no_sync():
+        engine.backward(loss)
+    if stage == 1:
+        epilogue = getattr(engine.optimizer, "independent_gradient_partition_epilogue", None)
+        if epilogue is None:
+            name = type(engine.optimizer).__name__
+            raise DeepSpeedInternalsChanged(f"ZeRO-1 {name} has no independent_gradient_partition_epilogue")
+        epilogue()
+
+
 def partition_grads(engine, shared_groups: list[int], shared: list[torch.nn.Parameter]) -> PartitionGrads:
     stage = engine.zero_optimization_stage()
     if stage == 3:

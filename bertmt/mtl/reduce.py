@@ -7,6 +7,8 @@
   is reduce-scattered into the (T, D/N) shard as soon as the task's last micro-batch of the step is done,
   asynchronously, so it overlaps the next micro-batches; rank r receives columns [r D/N, (r+1) D/N) of the
   sum, with no layout copy (a row is contiguous).
+- ``all_gather_row`` (ZeRO 0 and 1): the combined shard, gathered once into the whole combined gradient;
+  ``all_reduce_mean``: the heads' and PALs' gradients (their size, not D).
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ def all_reduce_gram(partial: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(partial)
     return partial
+
+
+def all_reduce_mean(flat: torch.Tensor) -> torch.Tensor:
+    """The ranks' mean of ``flat``, in place (ZeRO 0/1: the heads' and PALs' gradients, not D-sized)."""
+    if world_size() > 1:
+        dist.all_reduce(flat)
+        flat.div_(world_size())
+    return flat
+
+
+def all_gather_row(row: torch.Tensor) -> torch.Tensor:
+    """In place: every rank's slice ``row.view(N, -1)[rank]`` gathered into the whole row on every rank
+    (ZeRO 0/1: the combined shard ``w @ shard`` becomes the shared parameters' gradient, not reduced
+    again)."""
+    world = world_size()
+    if world > 1:
+        dist.all_gather_single(row, row.view(world, -1)[dist.get_rank()])
+    return row
 
 
 class RowReducer:
@@ -47,7 +67,7 @@ class RowReducer:
             return
         self.collectives += 1
         self.bytes_moved += row.numel() * row.element_size()
-        work = dist.reduce_scatter_tensor(self.shard[task], row, async_op=True)
+        work = dist.reduce_scatter_single(self.shard[task], row, async_op=True)
         self.pending.append((work, row, task))
 
     def wait_one(self) -> torch.Tensor | None:

@@ -65,8 +65,8 @@ def test_shards_and_gram_of_rank_averaged_rows(tmp_path):
             torch.tensor(res["gram"], dtype=torch.float64), mean @ mean.T, rtol=1e-6, atol=1e-7
         )
         assert res["freed"] == T
-        assert res["counted"]["calls"] == {"reduce_scatter_tensor": T, "all_reduce": 1}
-        assert res["counted"]["bytes"] == {"reduce_scatter_tensor": T * WIDTH * 4, "all_reduce": T * T * 8}
+        assert res["counted"]["calls"] == {"reduce_scatter_single": T, "all_reduce": 1}
+        assert res["counted"]["bytes"] == {"reduce_scatter_single": T * WIDTH * 4, "all_reduce": T * T * 8}
         assert res["bytes"] == T * WIDTH * 4
 
 

@@ -4,9 +4,11 @@ step):
 
 - ZeRO 2 and 3: exactly the collectives and bytes of a plain step plus one T x T float64 all-reduce; surgery
   buffers T * D/N fp32 (D: shared parameters, N: ranks).
-- ZeRO 0 and 1: a plain step's collectives (DeepSpeed's one reduction, of the surrogate gradient) plus one
-  reduce-scatter per task row (D padded to N) and the T x T all-reduce; buffers T * D/N fp32 plus one local
-  row when each task's micro-batches are consecutive (round robin, grad_accum T), T rows when interleaved.
+- ZeRO 0 and 1: a plain step's collectives with its all-reduce of the D + H gradients (shared parameters and
+  heads) replaced by one reduce-scatter per task row (D padded to N), one all-gather of the combined row, an
+  all-reduce of the H heads' gradients and the T x T all-reduce: no other D-sized collective; buffers
+  T * D/N fp32 plus one local row when each task's micro-batches are consecutive (round robin, grad_accum
+  T), T rows when interleaved.
 """
 
 from __future__ import annotations
@@ -80,11 +82,15 @@ def test_surgery_adds_only_its_own_collectives_and_buffers(
             added = _added(got, want)
             if stage >= 2:
                 assert added == {"calls": {"all_reduce": 1}, "bytes": {"all_reduce": T * T * 8}}
-            else:
+            else:  # plain's all-reduce of the D + H gradients -> H heads' gradients and the T x T Gram
                 row = math.ceil(d / WORLD) * WORLD * 4
                 assert added == {
-                    "calls": {"all_reduce": 1, "reduce_scatter_tensor": T},
-                    "bytes": {"all_reduce": T * T * 8, "reduce_scatter_tensor": T * row},
+                    "calls": {"all_reduce": 1, "reduce_scatter_single": T, "all_gather_single": 1},
+                    "bytes": {
+                        "all_reduce": T * T * 8 - d * 4,
+                        "reduce_scatter_single": T * row,
+                        "all_gather_single": row // WORLD,  # what a rank sends; it receives the whole row
+                    },
                 }
         held = surgery[rank]["surgery_bytes"]
         if stage >= 2:  # ZeRO's partitions pad each group (stage 2) or parameter (stage 3) to N

@@ -2,7 +2,9 @@
 after each micro-batch ``take`` returns exactly this rank's shard of that micro-batch's rank-averaged gradient
 of the shared parameters (and clears DeepSpeed's accumulator: the next shard holds only the next micro-batch);
 ``put`` makes a given shard the gradient that ``engine.step()`` applies, while the head's group accumulates
-as in plain training. Fails loudly when DeepSpeed moves the partition buffers (pinned in setup.py)."""
+as in plain training. ZeRO 0 and 1: ``backward_reduced`` hands DeepSpeed gradients that are already reduced,
+and the step applies exactly them with no collective in the backward. Fails loudly when DeepSpeed moves the
+partition buffers (pinned in setup.py)."""
 
 from __future__ import annotations
 
@@ -111,6 +113,52 @@ def test_take_and_put_of_the_shared_partition(tmp_path, stage):
     torch.testing.assert_close(applied, captured.sum(0) * 2, rtol=1e-5, atol=1e-7)
     head = torch.cat([d.reshape(-1) for d in delta[n_shared:]])
     torch.testing.assert_close(head, want_head, rtol=1e-5, atol=1e-7)
+
+
+def _reduced_worker(rank: int, stage: int, init: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    import torch.distributed as dist
+
+    from bertmt.engine.comm_stats import CollectiveCounter
+
+    counter = CollectiveCounter().install()  # before DeepSpeed looks its collectives up
+    import deepspeed
+
+    from bertmt.engine.zero_partitions import backward_reduced
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    deepspeed.init_distributed(dist_backend="gloo")
+    model = Toy()
+    groups = [{"params": list(model.shared.parameters())}, {"params": list(model.head.parameters())}]
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": 0.0,
+        "zero_allow_untested_optimizer": True,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(groups, lr=1.0), config=config)
+    torch.manual_seed(5)  # the same "reduced" gradient on every rank
+    want = [torch.randn_like(p) for p in engine.module.parameters()]
+    before = [p.detach().clone() for p in engine.module.parameters()]
+    counted = counter.snapshot()
+    backward_reduced(engine, sum((p * g).sum() for p, g in zip(engine.module.parameters(), want)))
+    counted = CollectiveCounter.delta(counter.snapshot(), counted)
+    engine.step()
+    if rank == 0:
+        after = [p.detach().clone() for p in engine.module.parameters()]
+        torch.save({"want": want, "applied": [b - a for b, a in zip(before, after)], "counted": counted}, out)
+    engine.destroy()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_backward_reduced_applies_the_given_gradients_without_a_reduction(tmp_path, stage):
+    out = tmp_path / "out.pt"
+    mp.spawn(_reduced_worker, args=(stage, f"file://{tmp_path}/rendezvous", str(out)), nprocs=WORLD)
+    res = torch.load(out)
+    assert sum(res["counted"]["bytes"].values()) == 0, res["counted"]  # DeepSpeed reduced nothing
+    for got, want in zip(res["applied"], res["want"]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_pinned_internals_are_where_the_adapter_reads_them():

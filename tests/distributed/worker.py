@@ -163,7 +163,7 @@ def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -
         call, calls[0] = calls[0], calls[0] + 1
         real_backward(self, task, loss)
         if poison == (rank, call):
-            self.own_grads[task][0].fill_(float("inf"))
+            self.own_views[task][0].fill_(float("inf"))
 
     def weights(self):
         import deepspeed
