@@ -204,12 +204,8 @@ class AutogradSurgery(_Surgery):
             else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
                 mine.fill_(float("inf"))
             all_gather_row(full)
-            # the gradients stay fp32: the products promote to fp32, so the loss scale that engine.backward
-            # applies meets fp32 numbers and each gradient is cast to the parameter's dtype once scaled
-            surrogate = sum((p * g).sum() for p, g in zip(self.shared, _views(full, self.shared)))
-            surrogate = surrogate + sum(
-                (p * g).sum() for p, g in zip(self.own_params, _views(self.own_flat, self.own_params))
-            )
+            grads = _views(full, self.shared) + _views(self.own_flat, self.own_params)
+            surrogate = _Surrogate.apply(grads, *self.shared, *self.own_params)
             backward_reduced(self.engine, surrogate)
             self.free.append(full)
 
@@ -217,6 +213,22 @@ class AutogradSurgery(_Surgery):
         self.reducer.shard.zero_()
         self.own_flat.zero_()
         return applied
+
+
+class _Surrogate(torch.autograd.Function):
+    """A scalar whose gradient with respect to ``params`` is ``grads`` times the gradient that reaches it
+    (DeepSpeed's loss scale): hands prepared gradients to ``engine.backward`` with no pass over D in the
+    forward. The products stay fp32, so the loss scale meets fp32 numbers, and autograd casts each gradient
+    to its parameter's dtype once scaled (fp16: no overflow of unscaled small values)."""
+
+    @staticmethod
+    def forward(ctx, grads: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return torch.zeros((), dtype=torch.float32, device=params[0].device)
+
+    @staticmethod
+    def backward(ctx, scale: torch.Tensor):
+        return (None, *(g * scale for g in ctx.grads))
 
 
 def _views(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:

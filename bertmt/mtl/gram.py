@@ -150,13 +150,14 @@ def combine(method: Method, gram: torch.Tensor, scales: torch.Tensor) -> tuple[t
     return method.weights(scaled) * scales, scaled
 
 
-def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """``rows @ rows.T`` in float64, converted in column chunks: exact like a full float64 copy (which costs
-    6x the time and 2x the buffer's memory), unlike a float32 product over ~10^7 columns."""
+def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
+    """``rows @ rows.T`` summed in float64 over float32 products of column chunks: the rounding of a float32
+    dot product grows with its length, so 2^14 columns at a time keeps it near float64's (measured on
+    3 x 22.7M normal rows: 1.5e-8 of the largest entry, against 1e-7 at 2^16 columns and far worse for one
+    float32 product) at 40% of the time of float64 chunks (42 vs 74-110 ms) and no float64 copy."""
     out = torch.zeros(rows.size(0), rows.size(0), dtype=torch.float64, device=rows.device)
     for part in rows.split(chunk, dim=1):
-        part = part.double()
-        out += part @ part.T
+        out += (part @ part.T).double()
     return out
 
 
