@@ -81,6 +81,13 @@ class _Surgery(Step):
         self.last = combined
         return applied
 
+    def _zero_absent(self, shard: torch.Tensor) -> torch.Tensor:
+        """Zero the rows of tasks without a micro-batch in this step (the others were overwritten)."""
+        for k, task in enumerate(self.tasks):
+            if task not in self.counts:
+                shard[k].zero_()
+        return shard
+
     def scalars(self) -> dict[str, float]:
         return {} if self.last is None else gram_stats(self.last.gram, self.last.weights, self.tasks)
 
@@ -103,15 +110,18 @@ class CapturedSurgery(_Surgery):
         self.peak_bytes = self.shard.numel() * self.shard.element_size()
 
     def backward(self, task: str, loss: torch.Tensor) -> None:
+        first = self.left.get(task) == self.counts.get(task)
         _, last = self._count(task)
         self.engine.backward(loss)
         k = self.tasks.index(task)
-        self.partition.take(self.shard[k], boundary=last)  # loss-scaled in fp16, as DeepSpeed holds it
+        # loss-scaled in fp16, as DeepSpeed holds it; the task's first micro-batch overwrites its row
+        self.partition.take(self.shard[k], boundary=last, first=first)
         if not last:
             self.engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
 
     def step(self) -> bool:
         scale = self.loss_scale()
+        self._zero_absent(self.shard)
         gram = all_reduce_gram(gram_matrix(self.shard)) / scale**2
 
         def write(c: Combined) -> None:
@@ -120,9 +130,7 @@ class CapturedSurgery(_Surgery):
             else:  # DeepSpeed sees the overflow on every rank, skips the step and lowers the scale
                 self.partition.put(torch.full_like(self.shard[0], float("inf")))
 
-        applied = self._apply(gram, write)
-        self.shard.zero_()
-        return applied
+        return self._apply(gram, write)
 
 
 class AutogradSurgery(_Surgery):
@@ -192,7 +200,7 @@ class AutogradSurgery(_Surgery):
 
     def step(self) -> bool:
         self.free += self.reducer.wait_all()
-        shard = self.reducer.shard
+        shard = self._zero_absent(self.reducer.shard)
         gram = all_reduce_gram(gram_matrix(shard))
         all_reduce_mean(self.own_flat)
 
@@ -210,7 +218,6 @@ class AutogradSurgery(_Surgery):
             self.free.append(full)
 
         applied = self._apply(gram, write)
-        self.reducer.shard.zero_()
         self.own_flat.zero_()
         return applied
 

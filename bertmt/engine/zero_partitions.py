@@ -26,8 +26,9 @@ class PartitionGrads(Protocol):
 
     numel: int
 
-    def take(self, out: torch.Tensor, boundary: bool) -> None:
-        """``out += partition`` (fp32, loss-scaled as DeepSpeed holds it); DeepSpeed's accumulator cleared."""
+    def take(self, out: torch.Tensor, boundary: bool, first: bool) -> None:
+        """``out = partition`` if ``first`` else ``out += partition`` (fp32, loss-scaled as DeepSpeed holds
+        it); DeepSpeed's accumulator cleared."""
 
     def put(self, flat: torch.Tensor) -> None:
         """Make ``flat`` the partition that ``engine.step()`` uses (after the boundary micro-batch's take)."""
@@ -73,12 +74,12 @@ class Stage3:
         self.sizes = [p.ds_tensor.numel() for p in params]
         self.numel = sum(self.sizes)
 
-    def take(self, out: torch.Tensor, boundary: bool) -> None:
+    def take(self, out: torch.Tensor, boundary: bool, first: bool) -> None:
         from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
 
         for view, p in zip(out.split(self.sizes), self.params):
             grad = safe_get_local_grad(p)
-            view.add_(grad.view(-1).float())
+            _into(view, grad.view(-1), first)
             safe_set_local_grad(p, torch.zeros_like(grad))
 
     def put(self, flat: torch.Tensor) -> None:
@@ -120,19 +121,20 @@ class Stage2:
             param_group_idx=g,
         )
 
-    def take(self, out: torch.Tensor, boundary: bool) -> None:
+    def take(self, out: torch.Tensor, boundary: bool, first: bool) -> None:
         opt = self.opt
         for view, g in zip(out.split(self.sizes), self.groups):
             compact = getattr(opt.averaged_gradients.get(g), "flat_partition", None)
             if compact is not None:
-                view.add_(compact.float())
+                _into(view, compact, first)
                 compact.zero_()
             elif boundary:
-                view.add_(torch.cat([t.reshape(-1) for t in opt.averaged_gradients[g]]).float())
+                _into(view, torch.cat([t.reshape(-1) for t in opt.averaged_gradients[g]]), first)
             elif opt.all_grad_tensors.get(g) is not None:
-                view.add_(self._flat(g).float())
+                _into(view, self._flat(g), first)
                 opt.all_grad_tensors[g] = None
-            # else: no parameter of the group in this partition received a gradient
+            elif first:  # no parameter of the group in this partition received a gradient
+                view.zero_()
 
     def put(self, flat: torch.Tensor) -> None:
         opt = self.opt
@@ -148,3 +150,10 @@ class Stage2:
                 offset += t.numel()
             if offset != part.numel():
                 raise DeepSpeedInternalsChanged(f"ZeRO-2 partition of group {g}: {offset} != {part.numel()}")
+
+
+def _into(out: torch.Tensor, grad: torch.Tensor, first: bool) -> None:
+    if first:
+        out.copy_(grad)  # converts to fp32
+    else:
+        out.add_(grad.float())

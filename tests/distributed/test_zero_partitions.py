@@ -73,7 +73,7 @@ def _worker(rank: int, stage: int, init: str, out: str) -> None:
     rows = torch.zeros(ACCUM, grads.numel)
     for micro in range(ACCUM):
         engine.backward(engine(_batch(rank, micro)))
-        grads.take(rows[micro], boundary=micro == ACCUM - 1)
+        grads.take(rows[micro], boundary=micro == ACCUM - 1, first=True)
         if micro == ACCUM - 1:
             grads.put(rows.sum(0) * 2)  # the step must apply exactly this (SGD, lr 1)
         engine.step()

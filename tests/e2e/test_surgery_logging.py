@@ -1,5 +1,7 @@
-"""Gradient surgery inside a real run (1 process): TensorBoard holds each task pair's cosine, the conflict
-count, the weights, the gradient norms and the sampled task fractions, and they agree with each other."""
+"""Gradient surgery inside a real run (1 process; ZeRO 0 and 2, the two surgery paths): TensorBoard holds each
+task pair's cosine, the conflict count, the weights, the gradient norms and the sampled task fractions, and
+they agree with each other; a task absent from a step has no gradient in it (no row left from an earlier
+step)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from tests.e2e.helpers import QUICKSTART, bertmt
 PAIRS = ["quora-sts", "sst-quora", "sst-sts"]
 
 
-@pytest.fixture(scope="module")
-def events(tiny_pretrained, small_data, tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 2], ids=lambda s: f"zero{s}")
+def events(request, tiny_pretrained, small_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("surgery") / "run"
     extra = {
+        "train.zero_stage": request.param,
         "mtl.method": "pcgrad",
         "train.grad_accum": 3,
         "run.log_every": 1,
