@@ -156,6 +156,7 @@ class AutogradSurgery(_Surgery):
         self.own_params = list(unique.values())
         own_numel = sum(p.numel() for p in self.own_params)
         self.own_flat = torch.zeros(own_numel, dtype=torch.float32, device=device)
+        self.peak_bytes = own_numel * 4
         own_views = dict(zip(unique, _views(self.own_flat, self.own_params)))
         self.own_views = {t: [own_views[id(p)] for p in self.own[t]] for t in tasks}
 
@@ -167,9 +168,8 @@ class AutogradSurgery(_Surgery):
             row = torch.empty(self.width, dtype=torch.float32, device=self.shared[0].device)
             self.allocated += 1
             shard = self.reducer.shard
-            self.peak_bytes = max(
-                self.peak_bytes, shard.numel() * shard.element_size() + self.allocated * row.numel() * 4
-            )
+            held = shard.numel() * shard.element_size() + self.allocated * row.numel() * 4
+            self.peak_bytes = max(self.peak_bytes, held + self.own_flat.numel() * 4)
         return row
 
     def backward(self, task: str, loss: torch.Tensor) -> None:

@@ -1,15 +1,18 @@
-"""The rank's partition of the reduced gradient of the shared parameters, as DeepSpeed holds it (ZeRO 2, 3).
+"""Where DeepSpeed holds the reduced gradients, and how surgery hands its own to it.
 
 ZeRO 2 and 3 reduce-scatter gradients after every micro-batch, so right after a micro-batch of task k a rank
-holds its shard of task k's rank-averaged gradient (DESIGN.md, "Data flow"). ``take`` adds that shard to a row
-of the surgery buffer and clears DeepSpeed's accumulator for the shared parameters; ``put`` writes the
-combined shard back just before ``engine.step()``. Heads and PALs live in their own optimiser parameter groups
-(engine/optim.py) and keep accumulating untouched.
+holds its shard of task k's rank-averaged gradient (DESIGN.md, "Data flow"). ``take`` moves that shard into
+row k of the surgery buffer (overwriting it at the task's first micro-batch of the step, adding after) and
+clears DeepSpeed's accumulator for the shared parameters; ``put`` writes the combined shard back just before
+``engine.step()``. Heads and PALs live in their own optimiser parameter groups (engine/optim.py) and keep
+accumulating untouched.
 
 - stage 3: DeepSpeed's public fragment API (``safe_get_local_grad`` / ``safe_set_local_grad``).
 - stage 2: no public API reads a partition without an all-reduce; this uses the DeepSpeed 0.19 partition
   buffers (``all_grad_tensors`` between micro-batches, ``averaged_gradients`` at the boundary), checked here
   and by tests/distributed/test_zero_partitions.py against a DeepSpeed-only reference.
+- stages 0 and 1: ``backward_reduced`` gives DeepSpeed gradients that every rank already holds reduced,
+  skipping DeepSpeed's own reduction (same test file).
 """
 
 from __future__ import annotations
@@ -42,12 +45,19 @@ def backward_reduced(engine, loss: torch.Tensor) -> None:
     stage = engine.zero_optimization_stage()
     if stage > 1:
         raise ValueError(f"backward_reduced is for ZeRO 0 and 1, not stage {stage}")
+    opt = engine.optimizer
+    if stage == 1:  # configurations bertmt does not generate, where the epilogue would not do what we need
+        if getattr(opt, "overlap_comm", False):
+            raise ValueError("surgery at ZeRO 1 needs zero_optimization.overlap_comm false (hooks reduce)")
+        compact = getattr(opt, "_use_compact_grad_partition_buffer", lambda g: False)
+        if any(compact(g) for g in range(len(getattr(opt, "bit16_groups", [])))):
+            raise ValueError("surgery at ZeRO 1 needs grad_accum_dtype equal to the parameters' dtype")
     with engine.no_sync():
         engine.backward(loss)
     if stage == 1:
-        epilogue = getattr(engine.optimizer, "independent_gradient_partition_epilogue", None)
+        epilogue = getattr(opt, "independent_gradient_partition_epilogue", None)
         if epilogue is None:
-            name = type(engine.optimizer).__name__
+            name = type(opt).__name__
             raise DeepSpeedInternalsChanged(f"ZeRO-1 {name} has no independent_gradient_partition_epilogue")
         epilogue()
 

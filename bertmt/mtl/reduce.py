@@ -17,6 +17,12 @@ import torch
 import torch.distributed as dist
 
 
+def _collective(new: str, old: str):
+    """torch 2.13 renamed the tensor collectives (the old names warn); older torch has only the old ones.
+    Looked up at each call, so that bertmt/engine/comm_stats.py's wrappers see them."""
+    return getattr(dist, new, None) or getattr(dist, old)
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
@@ -42,7 +48,7 @@ def all_gather_row(row: torch.Tensor) -> torch.Tensor:
     again)."""
     world = world_size()
     if world > 1:
-        dist.all_gather_single(row, row.view(world, -1)[dist.get_rank()])
+        _collective("all_gather_single", "all_gather_into_tensor")(row, row.view(world, -1)[dist.get_rank()])
     return row
 
 
@@ -67,7 +73,8 @@ class RowReducer:
             return
         self.collectives += 1
         self.bytes_moved += row.numel() * row.element_size()
-        work = dist.reduce_scatter_single(self.shard[task], row, async_op=True)
+        scatter = _collective("reduce_scatter_single", "reduce_scatter_tensor")
+        work = scatter(self.shard[task], row, async_op=True)
         self.pending.append((work, row, task))
 
     def wait_one(self) -> torch.Tensor | None:

@@ -88,14 +88,14 @@ def test_a_step_deepspeed_skips_leaves_the_surgery_state_unchanged(
     assert [r["skipped"] for r in ranks] == [1, 1] and ranks[0]["param"] == ranks[1]["param"]
 
 
-def _first_step_grads(pretrained, data, tmp_path, monkeypatch, precision: str) -> dict:
-    """Gradients DeepSpeed holds before the first optimiser step of a 1-rank PCGrad run at ZeRO 2 with
-    the default initial loss scale 2**16 and small task weights (their gradients underflow unscaled fp16)."""
-    out = tmp_path / precision
+def _first_step_grads(pretrained, data, tmp_path, monkeypatch, precision: str, stage: int) -> dict:
+    """Gradients DeepSpeed holds before the first optimiser step of a 1-rank PCGrad run with the default
+    initial loss scale 2**16 and small task weights (their gradients underflow unscaled fp16)."""
+    out = tmp_path / f"{precision}-zero{stage}"
     out.mkdir()
     extra = {
         "train.precision": precision,
-        "train.zero_stage": 2,
+        "train.zero_stage": stage,
         "train.batches_per_epoch": 3,
         "model.dropout": 0.0,
         **{f"tasks.{t}.weight": 1e-3 for t in ("sst", "quora", "sts")},
@@ -111,18 +111,21 @@ def _first_step_grads(pretrained, data, tmp_path, monkeypatch, precision: str) -
 def test_fp16_surgery_keeps_head_gradients_at_the_default_loss_scale(
     tiny_no_dropout, small_data, tmp_path, monkeypatch
 ):
-    """Task-head gradients reach DeepSpeed loss-scaled like every other gradient: no overflow at 2**16, and
-    equal to the fp32 run's to fp16 precision (they were cast to fp16 unscaled: inf or flushed to zero)."""
-    fp16 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp16")
-    fp32 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp32")
-    assert fp16["skipped"] == 0
+    """Task-head and encoder gradients reach DeepSpeed loss-scaled like every other gradient, on both surgery
+    paths (ZeRO 1: the surrogate's fp32 products; ZeRO 2: the captured partitions): no overflow at 2**16, and
+    equal to the fp32 run's to fp16 precision (cast to fp16 unscaled they would be inf or flushed to zero)."""
+    fp32 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp32", 2)
     heads = [n for n in fp32["grads"] if n.startswith("heads.")]
-    assert heads and fp16["grads"].keys() == fp32["grads"].keys()
-    for name in heads + ["encoder.encoder.layer.0.attention.self.query.weight"]:
-        want, got = fp32["grads"][name], fp16["grads"][name]
-        assert want.abs().max() > 0, name
-        # fp16 forward and backward: ~3 significant digits, relative to the tensor's largest entry
-        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()), msg=name)
+    for stage in (1, 2):
+        fp16 = _first_step_grads(tiny_no_dropout, small_data, tmp_path, monkeypatch, "fp16", stage)
+        assert fp16["skipped"] == 0
+        assert heads and fp16["grads"].keys() == fp32["grads"].keys()
+        for name in heads + ["encoder.encoder.layer.0.attention.self.query.weight"]:
+            want, got = fp32["grads"][name], fp16["grads"][name]
+            assert want.abs().max() > 0, name
+            # fp16 forward and backward: ~3 significant digits, relative to the tensor's largest entry
+            atol = 2e-2 * float(want.abs().max())
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=atol, msg=(stage, name))
 
 
 def test_fp16_without_the_overflow_skips_nothing(tiny_pretrained, small_data, tmp_path, monkeypatch):

@@ -1,12 +1,12 @@
 """The gradient DeepSpeed steps with at the first optimiser step, against a hand-written torch reference.
 
-The runs (1 and 2 processes, tiny model without dropout, ZeRO 1; ZeRO 2 and 3 for two cases) save the gradient
-the engine holds before its first step and that step's micro-batches (tests/distributed/worker.py). The
-reference takes the initial model, runs the same global micro-batches in plain torch (loss = mean over the
-batch, / grad_accum), and combines per-task gradients of the encoder with the naive vector implementations of
-PCGrad and GradVac (tests/unit/test_gram_methods.py): a wrong scale (sum instead of mean over ranks, a missing
-1/grad_accum, a per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would
-hide it.
+The runs (1 and 2 processes, tiny model without dropout, ZeRO 1; ZeRO 2 and 3 for some cases; pcgrad in bf16
+at ZeRO 0-3, 2 processes, to bf16 precision) save the gradient the engine holds before its first step and that
+step's micro-batches (tests/distributed/worker.py). The reference takes the initial model, runs the same
+global micro-batches in plain torch (loss = mean over the batch, / grad_accum), and combines per-task
+gradients of the encoder with the naive vector implementations of PCGrad and GradVac
+(tests/unit/test_gram_methods.py): a wrong scale (sum instead of mean over ranks, a missing 1/grad_accum, a
+per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would hide it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ step):
   heads) replaced by one reduce-scatter per task row (D padded to N), one all-gather of the combined row, an
   all-reduce of the H heads' gradients and the T x T all-reduce: no other D-sized collective; buffers
   T * D/N fp32 plus one local row when each task's micro-batches are consecutive (round robin, grad_accum
-  T), T rows when interleaved.
+  T), T rows when interleaved, plus the H heads' gradients.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def test_surgery_adds_only_its_own_collectives_and_buffers(
         if stage >= 2:  # ZeRO's partitions pad each group (stage 2) or parameter (stage 3) to N
             assert shard <= held <= shard * 1.01
         else:
-            assert held == shard + math.ceil(d / WORLD) * WORLD * 4  # the shard and one local row
+            own = surgery[rank]["task_numel"] * 4  # the heads' gradients, reduced at the boundary
+            assert held == shard + math.ceil(d / WORLD) * WORLD * 4 + own  # the shard and one local row
 
 
 def test_interleaved_tasks_hold_one_local_row_each(tiny_pretrained, small_data, tmp_path, monkeypatch):
@@ -104,4 +105,5 @@ def test_interleaved_tasks_hold_one_local_row_each(tiny_pretrained, small_data, 
     surgery = _run(tiny_pretrained, small_data, tmp_path / "pcgrad", 1, "pcgrad", 2 * T, monkeypatch)
     d = surgery[0]["shared_numel"]
     row = math.ceil(d / WORLD) * WORLD * 4
-    assert surgery[0]["surgery_bytes"] == T * math.ceil(d / WORLD) * 4 + T * row
+    own = surgery[0]["task_numel"] * 4
+    assert surgery[0]["surgery_bytes"] == T * math.ceil(d / WORLD) * 4 + T * row + own

@@ -76,6 +76,12 @@ def main() -> int:
                     p.ds_numel if hasattr(p, "ds_numel") else p.numel()
                     for p in self.engine.module.shared_parameters()
                 ),
+                "task_numel": sum(  # heads and PALs, each once
+                    p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                    for p in {
+                        id(p): p for t in self.specs for p in self.engine.module.task_parameters(t)
+                    }.values()
+                ),
             }
             with open(os.path.join(out, f"rank{rank}.json"), "w") as fp:
                 json.dump(record, fp)
