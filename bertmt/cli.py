@@ -60,7 +60,7 @@ def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
     from bertmt.engine.phases import run_phases
 
     def plot_phase(phase_cfg, trainer) -> None:
-        if trainer.is_main:
+        if trainer.is_main and cfg.run.reports:
             _plot(Path(phase_cfg.run.dir))
 
     metrics, phases = run_phases(cfg, plot_phase)
@@ -101,9 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from bertmt.evaluation.runs import evaluate_run, predict_run
 
         predict_run(cfg, run_dir, "test")  # dev predictions were written with the best model
-        if not cfg.phases:
-            _plot(run_dir)
-        evaluate_run(cfg, run_dir, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
+        if cfg.run.reports:
+            if not cfg.phases:
+                _plot(run_dir)
+            evaluate_run(cfg, run_dir, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
     return 0
 
 

@@ -29,6 +29,7 @@ class RunConfig:
     seed: int = 1234  # seeds data order, dropout and head initialisation
     log_every: int = 20  # optimiser steps between scalar logs
     checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: only at epoch ends)
+    reports: bool = True  # after training: training curves and dev reports (false: `bertmt eval` writes them)
 
     def __post_init__(self) -> None:
         _check(self.log_every >= 1, "run.log_every", "an integer >= 1", self.log_every)

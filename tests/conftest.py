@@ -119,6 +119,11 @@ def odd_data(data_dir, tmp_path_factory) -> Path:
     return slice_files(data_dir, tmp_path_factory.mktemp("cs224n-odd"), counts)
 
 
+# for the many short 2-rank runs whose tests read only weights, losses and counters: no training curves and
+# dev reports at the end (about 2 s a run); tests/e2e checks them
+NO_REPORTS = {"run.reports": False}
+
+
 def tiny_overrides(pretrained: Path, data: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides turning configs/quickstart.yaml into a seconds-long run on the tiny model."""
     base = {

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, bertmt, torchrun, train_losses
 
 MICRO_BATCHES = 18  # 6 per task: every task wraps its 4-batch pass
@@ -46,7 +46,7 @@ def _args(pretrained, data, run_dir, method: str, stage: int, batch: int) -> lis
         "schedule.kind": schedule or "round_robin",  # sampled: a task twice in a step, absent from others
     }
     extra |= {f"tasks.{t}.batch_size": batch for t in ("sst", "quora", "sts")}
-    return tiny_overrides(pretrained, data, run_dir, **extra)
+    return tiny_overrides(pretrained, data, run_dir, **NO_REPORTS, **extra)
 
 
 @pytest.fixture(scope="module")

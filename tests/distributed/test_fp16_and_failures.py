@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
 
 WORKER = "tests.distributed.worker"
@@ -26,7 +26,11 @@ def _args(pretrained, data, run_dir, **extra) -> list[str]:
         "tasks.sts.test": None,
         "mtl.method": "pcgrad",
     }
-    return ["train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **(base | extra))]
+    return [
+        "train",
+        str(QUICKSTART),
+        *tiny_overrides(pretrained, data, run_dir, **(NO_REPORTS | base | extra)),
+    ]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

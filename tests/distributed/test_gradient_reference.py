@@ -24,7 +24,7 @@ from bertmt.data.batching import collate, model_inputs
 from bertmt.data.loading import load_split
 from bertmt.engine.build import build_model
 from bertmt.model import load_tokenizer
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
 from tests.unit.test_gram_methods import naive_gradvac, naive_pcgrad
 
@@ -62,7 +62,7 @@ def _overrides(pretrained, data, run_dir, nproc: int, accum: int, mtl: dict) -> 
         **{f"tasks.{t}.batch_size": GLOBAL_BATCH // nproc for t in ("sst", "quora", "sts")},
         **mtl,
     }
-    return tiny_overrides(pretrained, data, run_dir, **extra)
+    return tiny_overrides(pretrained, data, run_dir, **NO_REPORTS, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
 
 WORKER = "tests.distributed.worker"
@@ -37,8 +37,17 @@ def test_two_rank_run_resumes_exactly(
         "tasks.sts.test": None,
     }
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    torchrun(2, "train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
-    args = ["train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, parts, **extra)]
+    torchrun(
+        2,
+        "train",
+        str(QUICKSTART),
+        *tiny_overrides(tiny_pretrained, small_data, whole, **NO_REPORTS, **extra),
+    )
+    args = [
+        "train",
+        str(QUICKSTART),
+        *tiny_overrides(tiny_pretrained, small_data, parts, **NO_REPORTS, **extra),
+    ]
     with monkeypatch.context() as env:
         env.setenv("BERTMT_TEST_KILL", str(2 * accum + 1))  # the second micro-batch of step 3
         killed = torchrun(2, *args, module=WORKER, check=False)

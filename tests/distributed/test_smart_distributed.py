@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
 
 SMART = {
@@ -23,7 +23,7 @@ SMART = {
 def _run(pretrained, data, run_dir, **extra):
     extra = {"train.epochs": 1, "train.grad_accum": 3, "model.dropout": 0.0, "run.log_every": 1} | extra
     extra |= {"tasks.sst.test": None, "tasks.sts.test": None}
-    torchrun(2, "train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **extra))
+    torchrun(2, "train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **NO_REPORTS, **extra))
     return load_file(str(run_dir / "best" / "model.safetensors"))
 
 

@@ -18,7 +18,7 @@ import math
 
 import pytest
 
-from tests.conftest import tiny_overrides
+from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, torchrun
 
 WORKER = "tests.distributed.worker"
@@ -43,9 +43,10 @@ def _run(pretrained, data, out, stage: int, method: str, accum: int, monkeypatch
         WORLD,
         "train",
         str(QUICKSTART),
-        *tiny_overrides(pretrained, data, out / "run", **extra),
+        *tiny_overrides(pretrained, data, out / "run", **NO_REPORTS, **extra),
         module=WORKER,
     )
+    assert not (out / "run" / "reports").exists() and not (out / "run" / "plots").exists()  # run.reports
     return [
         {
             "steps": json.loads((out / f"rank{r}-collectives.json").read_text()),
