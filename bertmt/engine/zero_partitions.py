@@ -45,8 +45,12 @@ def backward_reduced(engine, loss: torch.Tensor) -> None:
     stage = engine.zero_optimization_stage()
     if stage > 1:
         raise ValueError(f"backward_reduced is for ZeRO 0 and 1, not stage {stage}")
-    opt = engine.optimizer
-    if stage == 1:  # configurations bertmt does not generate, where the epilogue would not do what we need
+    opt, epilogue = engine.optimizer, None
+    if stage == 1:  # checked before any work; the two ValueErrors are configs bertmt does not generate
+        epilogue = getattr(opt, "independent_gradient_partition_epilogue", None)
+        if epilogue is None:
+            name = type(opt).__name__
+            raise DeepSpeedInternalsChanged(f"ZeRO-1 {name} has no independent_gradient_partition_epilogue")
         if getattr(opt, "overlap_comm", False):
             raise ValueError("surgery at ZeRO 1 needs zero_optimization.overlap_comm false (hooks reduce)")
         compact = getattr(opt, "_use_compact_grad_partition_buffer", lambda g: False)
@@ -54,11 +58,7 @@ def backward_reduced(engine, loss: torch.Tensor) -> None:
             raise ValueError("surgery at ZeRO 1 needs grad_accum_dtype equal to the parameters' dtype")
     with engine.no_sync():
         engine.backward(loss)
-    if stage == 1:
-        epilogue = getattr(opt, "independent_gradient_partition_epilogue", None)
-        if epilogue is None:
-            name = type(opt).__name__
-            raise DeepSpeedInternalsChanged(f"ZeRO-1 {name} has no independent_gradient_partition_epilogue")
+    if epilogue is not None:
         epilogue()
 
 
