@@ -1,5 +1,5 @@
-"""Command line: ``bertmt train|eval|predict`` (training) and ``submit|sweep|sweep-summary|hostfile``
-(clusters; these import no torch, deepspeed or model code)."""
+"""Command line: parses and dispatches. ``bertmt train|eval|predict`` (bertmt/run.py) and
+``submit|sweep|sweep-summary|hostfile`` (clusters; these import no torch, deepspeed or model code)."""
 
 from __future__ import annotations
 
@@ -8,131 +8,33 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-from bertmt.config import ConfigError, ExperimentConfig, load_config
+from bertmt.config import ConfigError, load_config
 
 log = logging.getLogger("bertmt")
-EXIT_PREEMPTED = 3  # stopped at a checkpoint by a signal, not requeued: run the same command to resume
-EXIT_REQUEUED = 4  # stopped at a checkpoint by a signal and the SLURM job was requeued: it resumes by itself
-
-
-def _summary(title: str, metrics: dict, extra: dict) -> str:
-    lines = ["", "=" * 60, f" {title}", "-" * 60]
-    for task, values in metrics.items():
-        if isinstance(values, dict):
-            lines += [f"  {task:<10} {name:<10} {v:.4f}" for name, v in values.items()]
-    lines.append(f"  {'overall':<21} {metrics['overall']:.4f}")
-    lines.append("-" * 60)
-    lines += [f"  {k}: {v}" for k, v in extra.items()]
-    lines.append("=" * 60)
-    return "\n".join(lines)
-
-
-def _plot(run_dir: Path) -> None:
-    from bertmt.evaluation.report import plot_training_curves
-
-    log.info("training curves: %s", plot_training_curves(run_dir))
-
-
-def _train_single(cfg: ExperimentConfig, start: float) -> bool:
-    from bertmt.engine.trainer import Trainer
-
-    trainer = Trainer(cfg)
-    try:
-        metrics = trainer.fit()
-        if trainer.is_main:
-            extra = {
-                "run directory": cfg.run.dir,
-                "wall time": f"{time.time() - start:.0f} s",
-                "optimiser steps": trainer.state.step,
-            }
-            print(
-                _summary(f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})", metrics, extra)
-            )
-    finally:
-        trainer.close()
-    return trainer.is_main
-
-
-def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
-    from bertmt.engine.phases import run_phases
-
-    def plot_phase(phase_cfg, trainer) -> None:
-        if trainer.is_main and cfg.run.reports:
-            _plot(Path(phase_cfg.run.dir))
-
-    metrics, phases = run_phases(cfg, plot_phase)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        extra = {
-            "run directory": cfg.run.dir,
-            "wall time": f"{time.time() - start:.0f} s",
-            "phases": ", ".join(f"{p['phase']} (best epoch {p['best_epoch']})" for p in phases),
-        }
-        print(_summary(f"bertmt train: best dev metrics of phase '{phases[-1]['phase']}'", metrics, extra))
-    return is_main
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from bertmt import run
 
-    from bertmt.data.loading import check_files
-    from bertmt.engine.preemption import Preempted
-
-    check_files(cfg)  # before any work: a missing file creates no run directory
-    run_dir = Path(cfg.run.dir)
-    failed = run_dir / "failed.json"  # what `bertmt sweep-summary` reports as a failed run
-    failed.unlink(missing_ok=True)
-    start = time.time()
-    try:
-        with logging_redirect_tqdm():
-            is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
-    except Preempted as exc:
-        log.warning("%s", exc)
-        return EXIT_REQUEUED if exc.requeued else EXIT_PREEMPTED
-    except Exception as exc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        failed.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "time": time.ctime()}))
-        raise
-    if is_main:
-        from bertmt.evaluation.runs import evaluate_run, predict_run
-
-        predict_run(cfg, run_dir, "test")  # dev predictions were written with the best model
-        if cfg.run.reports:
-            if not cfg.phases:
-                _plot(run_dir)
-            evaluate_run(cfg, run_dir, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
-    return 0
-
-
-def _run_config(run_dir: str, overrides: list[str]) -> ExperimentConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist: is {run_dir} a bertmt run directory?")
-    return load_config(path, overrides)
+    return run.train(load_config(args.config, args.overrides), args.allow_config_change)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bertmt.evaluation.runs import evaluate_run
+    from bertmt import run
 
-    cfg = _run_config(args.run_dir, args.overrides)
-    run_dir = Path(args.run_dir)
-    metrics, out = evaluate_run(cfg, run_dir, reports=True)
-    for done in [run_dir, *sorted((run_dir / "phases").glob("*"))]:  # training curves of what trained
-        if (done / "history.json").is_file() and (done / "tensorboard").is_dir():
-            _plot(done)
-    print(_summary(f"bertmt eval {args.run_dir}", metrics, {"written": out}))
+    metrics, out, model = run.evaluate(args.run_dir, args.overrides)
+    print(run._summary(f"bertmt eval {args.run_dir}: {model}", metrics, {"written": out}))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from bertmt.evaluation.runs import predict_run
+    from bertmt import run
 
-    cfg = _run_config(args.run_dir, args.overrides)
-    for path in predict_run(cfg, Path(args.run_dir), args.split):
+    paths, model = run.predict(args.run_dir, args.split, args.overrides)
+    print(f"# {model}", file=sys.stderr)
+    for path in paths:
         print(path)
     return 0
 
@@ -227,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=2e-5 train.epochs=2")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run with a config that differs from its saved one (recorded in config_changes.jsonl)",
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="dev metrics of a run's best model (overrides may point at other files)")
     p.add_argument("run_dir")

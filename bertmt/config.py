@@ -8,6 +8,7 @@ what was expected, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -115,7 +116,7 @@ class OptimConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optim.lr", "a positive float", self.lr)
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a finite positive float", self.lr)
         _check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "optim.betas",
@@ -142,6 +143,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        _check(
+            self.dist_timeout_s > 0,
+            "train.dist_timeout_s",
+            "a positive number of seconds",
+            self.dist_timeout_s,
+        )
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
         _check(self.patience is None or self.patience >= 1, "train.patience", "null or >= 1", self.patience)
         _check(
@@ -313,6 +320,13 @@ class ExperimentConfig:
             self.mtl.method,
         )
         _check(
+            not self.mtl.per_task or self.train.grad_accum >= 2,
+            "train.grad_accum",
+            f"at least 2 with gradient surgery (mtl.method={self.mtl.method}): it combines the task "
+            "gradients of one optimiser step's micro-batches, and a step of one micro-batch has one task",
+            self.train.grad_accum,
+        )
+        _check(
             self.schedule.kind != "round_robin" or all(t.sample_weight == 1 for t in self.tasks.values()),
             "schedule.kind",
             "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
@@ -323,6 +337,12 @@ class ExperimentConfig:
         from bertmt.data.tasks import TASKS
 
         _check(task.batch_size >= 1, f"tasks.{name}.batch_size", "an integer >= 1", task.batch_size)
+        _check(
+            math.isfinite(task.weight) and task.weight >= 0,
+            f"tasks.{name}.weight",
+            "a finite float >= 0",
+            task.weight,
+        )
         _check(task.sample_weight > 0, f"tasks.{name}.sample_weight", "a positive float", task.sample_weight)
         kind = task.type or name
         _check(
@@ -486,8 +506,36 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=2e-5")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = _yaml_problem(exc)
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(exc, "problem", None) or str(exc)).strip()
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from a file; ConfigError naming the file, line and column of what is wrong."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error at {_yaml_problem(exc)}") from None
+    if tree is not None and not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+    return tree or {}
 
 
 def load_config(
@@ -500,8 +548,7 @@ def load_config(
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            with open(path) as fp:
-                tree = yaml.safe_load(fp) or {}
+            tree = read_yaml(path)
     apply_overrides(tree, list(overrides))
     cfg = _build_dataclass(ExperimentConfig, tree, "")
     phase_configs(cfg)  # every phase's resolved config is checked now, not when the phase starts

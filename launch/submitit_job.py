@@ -9,7 +9,6 @@ imported inside the job only.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -26,20 +25,22 @@ class TrainJob:
     def __call__(self) -> dict | None:
         import submitit
 
+        from bertmt import run
+        from bertmt.config import load_config
+        from bertmt.rundir import RunDir
+
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from bertmt.cli import EXIT_REQUEUED, main
-
-        code = main(["train", self.config, *self.overrides])
-        if code == EXIT_REQUEUED:  # SLURM ends this process; returning or raising would store a result
+        cfg = load_config(self.config, self.overrides)
+        code = run.train(cfg)
+        if code == run.EXIT_REQUEUED:  # SLURM ends this process; returning or raising would store a result
             time.sleep(3600)
         if code != 0:
-            raise RuntimeError(f"bertmt train exited with code {code} (see the run directory's train.log)")
+            raise RuntimeError(f"bertmt train exited with code {code} (see {RunDir(cfg.run.dir).train_log})")
         if env.global_rank != 0:
             return None  # rank 0 writes metrics.json
-        run_dir = next(o.split("=", 1)[1] for o in reversed(self.overrides) if o.startswith("run.dir="))
-        return json.loads((Path(run_dir) / "metrics.json").read_text())
+        return RunDir(cfg.run.dir).read_metrics()
 
 
 def executor(cfg: ExperimentConfig, folder: Path, cluster: str, array_parallelism: int | None = None):

@@ -1,8 +1,8 @@
 """`bertmt sweep-summary DIR`: every run of a sweep in one table, best dev overall score first.
 
-A run's status comes from its run directory: ``finished`` (metrics.json), ``failed`` (failed.json, written
-when `bertmt train` raised), ``unfinished`` (a checkpoint but no metrics: running, preempted or killed),
-``started`` (a directory without checkpoint), ``not started``.
+A run's status comes from its run directory (bertmt/rundir.py, ``RunDir.status``): ``finished``
+(metrics.json), ``failed`` (failed.json: the error that ended it), ``unfinished`` (started: running,
+preempted or killed), ``not started``.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import io
 import json
 from pathlib import Path
 
+from bertmt.rundir import FINISHED, RunDir
+
 
 def run_status(run_dir: Path) -> tuple[str, dict | None]:
-    if (run_dir / "metrics.json").is_file():
-        return "finished", json.loads((run_dir / "metrics.json").read_text())
-    if (run_dir / "failed.json").is_file():
-        return "failed", None
-    if (run_dir / "checkpoints" / "latest").is_file():
-        return "unfinished", None
-    return ("started" if run_dir.is_dir() else "not started"), None
+    run = RunDir(run_dir)
+    status = run.status()
+    return status, run.read_metrics() if status == FINISHED else None
 
 
 def collect(sweep_dir: Path) -> list[dict]:

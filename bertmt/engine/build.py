@@ -79,17 +79,15 @@ def save_encoder_config(model: MultitaskModel, path: Path) -> None:
     path.write_text(json.dumps(dataclasses.asdict(model.encoder.config), indent=2))
 
 
-def load_trained(cfg: ExperimentConfig, run_dir: Path) -> MultitaskModel:
-    """The best model of a finished (or running) run, without needing the pretrained checkpoint."""
+def load_trained(cfg: ExperimentConfig, weights: Path, encoder_config: Path) -> MultitaskModel:
+    """A trained model (a run's best/model.safetensors and its encoder_config.json), without needing the
+    pretrained checkpoint."""
     from safetensors.torch import load_file
 
-    best = run_dir / "best"
-    if not (best / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{best / 'model.safetensors'} does not exist: has {run_dir} finished an epoch?"
-        )
-    enc_cfg = BertConfig.from_dict(json.loads((run_dir / "encoder_config.json").read_text()))
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist: has the run finished an epoch?")
+    enc_cfg = BertConfig.from_dict(json.loads(encoder_config.read_text()))
     enc_cfg.attention = attention_impl(cfg)
     model = _assemble(cfg, BertModel(enc_cfg))
-    model.load_state_dict(load_file(str(best / "model.safetensors")))
+    model.load_state_dict(load_file(str(weights)))
     return model.eval()

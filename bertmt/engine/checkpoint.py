@@ -1,12 +1,15 @@
 """Atomic checkpoints: DeepSpeed engine state plus trainer state, and the best model's weights.
 
-DeepSpeed writes into ``checkpoints/.partial/<tag>``; only when every rank has finished does rank 0 rename
-it to ``checkpoints/<tag>`` and then atomically replace ``checkpoints/latest``. A crash at any point leaves
-the previous checkpoint and ``latest`` intact.
+DeepSpeed writes into ``checkpoints/.partial/<tag>``; only when every rank has finished (and its files are
+flushed to disk) does rank 0 rename it to ``checkpoints/<tag>`` and then atomically replace
+``checkpoints/latest``. A crash at any point leaves the previous checkpoint and ``latest`` intact. Loading
+falls back, with a warning, to the newest older checkpoint when ``latest`` is empty, names a missing
+directory, or its checkpoint cannot be read (truncated or corrupt files).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,15 +21,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from bertmt.rundir import atomic_write
+
 log = logging.getLogger(__name__)
-LATEST = "latest"
+LATEST, PARTIAL = "latest", ".partial"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: readers see the old or the new content, never a part."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class CheckpointError(RuntimeError):
+    """No checkpoint could be saved or loaded; the message says which and what is left intact."""
 
 
 def rng_state() -> dict:
@@ -46,53 +48,123 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tags(ckpt_dir: Path) -> list[str]:
+    """The complete checkpoints' tags, oldest first."""
+    dirs = [p for p in ckpt_dir.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return [p.name for p in sorted(dirs, key=lambda p: int(p.name.split("-")[1]))]
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in [*root.rglob("*"), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int = 2) -> Path:
-    """Save engine + client state under ``ckpt_dir/tag`` atomically; keep the newest ``keep`` checkpoints."""
-    partial = ckpt_dir / ".partial"
-    engine.save_checkpoint(str(partial), tag=tag, client_state=client_state, save_latest=False)
-    # DeepSpeed keeps client_state from rank 0 only: every rank's own RNG streams (dropout) go beside it
-    torch.save(rng_state(), partial / tag / f"rng-rank{dist.get_rank()}.pt")
+    """Save engine + client state under ``ckpt_dir/tag`` atomically; keep the newest ``keep`` checkpoints.
+    A full disk (or any write error) removes the partial checkpoint and raises CheckpointError naming the
+    intact previous one."""
+    partial = ckpt_dir / PARTIAL
+    rank = dist.get_rank()
+    if rank == 0 and partial.exists():
+        shutil.rmtree(partial)  # what a crash during an earlier save left
     dist.barrier()
-    final = ckpt_dir / tag
-    if dist.get_rank() == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial / tag, final)
-        atomic_write_text(ckpt_dir / LATEST, tag)
-        tags = sorted(
-            (p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-")),
-            key=lambda p: int(p.name.split("-")[1]),
+    try:
+        engine.save_checkpoint(str(partial), tag=tag, client_state=client_state, save_latest=False)
+        # DeepSpeed keeps client_state from rank 0 only: every rank's own RNG streams (dropout) go beside it
+        torch.save(rng_state(), partial / tag / f"rng-rank{rank}.pt")
+        _fsync_tree(partial / tag)
+        failed = ""
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "write failed" in str(exc)
+        failed = f"{type(exc).__name__}: {str(exc)[:300]}" + (" (is the disk full?)" if full else "")
+    failed = _any_rank(failed)
+    if failed:
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        previous = latest_tag(ckpt_dir) if rank == 0 else None
+        raise CheckpointError(
+            f"could not save checkpoint {ckpt_dir / tag}: {failed}; "
+            + (f"the previous checkpoint {ckpt_dir / previous} is intact" if previous else "no earlier one")
         )
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    final = ckpt_dir / tag
+    if rank == 0:
+        old = partial / f"{tag}.replaced"
+        if final.exists():  # a save over the same tag: `latest` may name it, so swap, never delete first
+            os.replace(final, old)
+        os.replace(partial / tag, final)
+        atomic_write(ckpt_dir / LATEST, tag)
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in _tags(ckpt_dir)[:-keep]:
+            shutil.rmtree(ckpt_dir / stale, ignore_errors=True)
         log.info("checkpoint saved: %s", final)
     dist.barrier()
     return final
 
 
+def _any_rank(message: str) -> str:
+    """The first non-empty message of any rank (every rank gets the same answer)."""
+    if dist.get_world_size() == 1:
+        return message
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, message)
+    return next((m for m in gathered if m), "")
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag ``latest`` names, or (with a warning) the newest complete checkpoint when ``latest`` is
+    empty or names a missing directory; None when there is no checkpoint."""
     marker = ckpt_dir / LATEST
+    tags = _tags(ckpt_dir)
     if not marker.is_file():
         return None
     tag = marker.read_text().strip()
-    if not (ckpt_dir / tag).is_dir():
-        raise FileNotFoundError(f"{marker} names checkpoint '{tag}', but {ckpt_dir / tag} is missing")
-    return tag
+    if tag in tags:
+        return tag
+    if not tags:
+        raise CheckpointError(f"{marker} names checkpoint '{tag}', but no checkpoint is left in {ckpt_dir}")
+    log.warning("%s names %r, which is not a checkpoint: using the newest one, %s", marker, tag, tags[-1])
+    return tags[-1]
 
 
 def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
     """Load the latest checkpoint into ``engine`` and this rank's RNG state; returns the client state (None
-    when there is no checkpoint)."""
+    when there is no checkpoint). An unreadable checkpoint falls back to the one before it, with a warning;
+    every rank loads the same tag."""
     tag = latest_tag(ckpt_dir)
     if tag is None:
         return None
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    candidates = _tags(ckpt_dir)
+    candidates = candidates[: candidates.index(tag) + 1][::-1]  # latest first, then the older ones
+    errors = []
+    for tag in candidates:
+        error = ""
+        try:
+            client_state = _load_tag(engine, ckpt_dir, tag)
+        except Exception as exc:  # truncated/corrupt files: torch, pickle and DeepSpeed raise many kinds
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        error = _any_rank(error)
+        if not error:
+            if errors:
+                log.warning("resumed from the older checkpoint %s", ckpt_dir / tag)
+            return client_state
+        log.warning("checkpoint %s cannot be loaded (%s); trying the one before", ckpt_dir / tag, error)
+        errors.append(f"{tag}: {error}")
+    raise CheckpointError(f"no checkpoint in {ckpt_dir} can be loaded:\n  " + "\n  ".join(errors))
+
+
+def _load_tag(engine, ckpt_dir: Path, tag: str) -> dict:
     rng_file = ckpt_dir / tag / f"rng-rank{dist.get_rank()}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file} is missing: was the run saved with another number of ranks?")
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    rng = torch.load(rng_file, weights_only=False)
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    set_rng_state(rng)
     log.info("resumed from checkpoint %s", ckpt_dir / tag)
     return client_state
 
@@ -113,5 +185,6 @@ def save_best(state: dict[str, torch.Tensor], best_dir: Path, info: dict) -> Non
     best_dir.mkdir(parents=True, exist_ok=True)
     tmp = best_dir / f"model.safetensors.tmp{os.getpid()}"
     save_file(state, str(tmp))
+    _fsync_tree(tmp)
     os.replace(tmp, best_dir / "model.safetensors")
-    atomic_write_text(best_dir / "info.json", json.dumps(info, indent=2))
+    atomic_write(best_dir / "info.json", json.dumps(info, indent=2))

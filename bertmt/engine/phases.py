@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch.distributed as dist
 
+from bertmt import dist_env
 from bertmt.config import ExperimentConfig, phase_configs, save_config
-from bertmt.engine import checkpoint as ckpt
 from bertmt.engine.runtime import setup_logging
+from bertmt.rundir import RunDir, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +29,22 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
     trainer)`` runs on every rank after each phase that trained (e.g. to plot it)."""
     from bertmt.engine.trainer import Trainer
 
-    run_dir = Path(cfg.run.dir)
+    run = RunDir(cfg.run.dir)
     # stderr only until a phase's trainer logs into its own directory: "finished before: skipped" is seen
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    setup_logging(None, rank)
+    setup_logging(None, dist_env.rank())
     phases = phase_configs(cfg)
     summaries: list[dict] = []
     previous_best: Path | None = None
     for i, (name, phase_cfg) in enumerate(phases):
-        phase_dir = Path(phase_cfg.run.dir)
-        metrics_file = phase_dir / "metrics.json"
-        if metrics_file.is_file():
+        phase = RunDir(phase_cfg.run.dir)
+        if phase.metrics.is_file():
             log.info("phase %d/%d '%s' finished before: skipped", i + 1, len(phases), name)
         else:
             start = time.time()
             trainer = Trainer(phase_cfg, init_from=previous_best)
             if trainer.is_main:
-                save_config(cfg, run_dir / "config.yaml")
-            log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase_dir)
+                save_config(cfg, run.config)
+            log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase.path)
             try:
                 trainer.fit()
                 if dist.is_initialized():
@@ -56,30 +54,29 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
             log.info("phase '%s' done in %.0f s", name, time.time() - start)
             if on_phase_end is not None:
                 on_phase_end(phase_cfg, trainer)
-        summaries.append(_summary(name, phase_dir))
-        previous_best = phase_dir / "best" / "model.safetensors"
-    _write_top_level(run_dir, summaries)
+        summaries.append(_summary(name, phase))
+        previous_best = phase.best_model
+    _write_top_level(run, summaries)
     return summaries[-1]["metrics"], summaries
 
 
-def _summary(name: str, phase_dir: Path) -> dict:
-    history = json.loads((phase_dir / "history.json").read_text())
-    best = json.loads((phase_dir / "best" / "info.json").read_text())
+def _summary(name: str, phase: RunDir) -> dict:
+    history = phase.read_json(phase.history)
     return {
         "phase": name,
-        "dir": str(phase_dir),
+        "dir": str(phase.path),
         "epochs_trained": len(history),
-        "best_epoch": best["epoch"],
-        "metrics": json.loads((phase_dir / "metrics.json").read_text()),
+        "best_epoch": phase.read_json(phase.best_info)["epoch"],
+        "metrics": phase.read_metrics(),
         "history": history,
     }
 
 
-def _write_top_level(run_dir: Path, summaries: list[dict]) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:  # the process group may be gone after the last phase
+def _write_top_level(run: RunDir, summaries: list[dict]) -> None:
+    if dist_env.rank() != 0:  # the process group may be gone after the last phase
         return
     history = [dict(h, phase=s["phase"]) for s in summaries for h in s["history"]]
     brief = [{k: v for k, v in s.items() if k != "history"} for s in summaries]
-    ckpt.atomic_write_text(run_dir / "phases.json", json.dumps(brief, indent=2))
-    ckpt.atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
-    ckpt.atomic_write_text(run_dir / "metrics.json", json.dumps(summaries[-1]["metrics"], indent=2))
+    atomic_write(run.phases_json, json.dumps(brief, indent=2))
+    atomic_write(run.history, json.dumps(history, indent=2))
+    atomic_write(run.metrics, json.dumps(summaries[-1]["metrics"], indent=2))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import bertmt
+from bertmt.dist_env import slurm_env_to_torch
 
 log = logging.getLogger(__name__)
 
@@ -22,25 +23,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def slurm_env_to_torch() -> None:
-    """Inside an ``srun`` step with one task per rank (and no launcher that set RANK), take rank, world size
-    and local rank from SLURM, and the master address from the first node of the job (port: MASTER_PORT, else
-    one derived from the job id). The batch step itself (no SLURM_STEP_NUM_TASKS) stays a single process."""
-    env = os.environ
-    if "RANK" in env or "SLURM_STEP_NUM_TASKS" not in env:
-        return
-    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_STEP_NUM_TASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in env:
-        nodes = subprocess.run(
-            ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True
-        ).stdout.split()
-        if not nodes:
-            raise RuntimeError(f"scontrol show hostnames {env['SLURM_JOB_NODELIST']!r} returned no host")
-        env["MASTER_ADDR"] = nodes[0]
-    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
 
 
 def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
@@ -106,7 +88,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_run_info(run_dir: Path, world: int) -> None:
+def write_run_info(path: Path, world: int) -> None:
     import deepspeed
 
     info = {
@@ -119,5 +101,5 @@ def write_run_info(run_dir: Path, world: int) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
     }
-    with open(run_dir / "run_info.json", "w") as fp:
+    with open(path, "w") as fp:
         json.dump(info, fp, indent=2)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from bertmt.config import MtlConfig
+from bertmt.engine.preemption import Diverged
 from bertmt.engine.steps import Step
 from bertmt.engine.zero_partitions import backward_reduced, partition_grads
 from bertmt.mtl.gram import Method, combine, gram_matrix, gram_stats, task_scales
@@ -62,7 +63,7 @@ class _Surgery(Step):
         rank, reaches its diagonal (a sum of squares), so finiteness costs no extra pass or collective."""
         if not torch.isfinite(gram.diagonal()).all():
             if not self.fp16:
-                raise FloatingPointError("non-finite task gradient in fp32/bf16 training: the run diverged")
+                raise Diverged("non-finite task gradient in fp32/bf16 training: the run diverged")
             return Combined(torch.zeros(len(self.tasks), dtype=torch.float64), gram, False)
         micro_batches = [self.counts.get(t, 0) for t in self.tasks]
         weights, _ = combine(self.method, gram, task_scales(micro_batches, self.accum, self.reduction))

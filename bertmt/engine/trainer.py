@@ -28,12 +28,13 @@ from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer, shared_group_indices
-from bertmt.engine.preemption import Preempted, Preemption, slurm_job
+from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, StopCheck, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.steps import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.model import load_tokenizer
 from bertmt.mtl.smart import Smart
+from bertmt.rundir import RunDir, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, init_from: Path | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = Path(cfg.run.dir)
+        self.run = RunDir(cfg.run.dir)
         self.rank, self.world = init_distributed(cfg.train.dist_timeout_s)
         self.is_main = self.rank == 0
-        setup_logging(self.run_dir, self.rank)
+        setup_logging(self.run.path, self.rank)
         self.specs = {t: cfg.task_spec(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()
@@ -88,11 +89,13 @@ class Trainer:
         job = slurm_job()
         if job is not None:
             log.info("SLURM job %s, restart count %s", job["job_id"], job["restarts"])
-        handle = job is not None or os.environ.get("BERTMT_HANDLE_SIGNALS") == "1"
-        self.preemption = Preemption(cfg.slurm.signal, self.world, enabled=handle)
+        requeue_signal = job is not None or os.environ.get("BERTMT_HANDLE_SIGNALS") == "1"
+        self.stops = StopCheck(cfg.slurm.signal, self.world, requeue_signal)
+        self._nonfinite = ""  # what this rank saw since the last check (fp32/bf16), e.g. "sst loss nan"
+        self._signal = 0
         self.state = TrainState(drawn={t: 0 for t in self.samplers})
         self._resume()
-        self.writer = MetricWriter(self.run_dir / "tensorboard" if self.is_main else None, self.state.step)
+        self.writer = MetricWriter(self.run.tensorboard if self.is_main else None, self.state.step)
         if self.is_main:
             self._write_run_files()
 
@@ -135,14 +138,14 @@ class Trainer:
         )
 
     def _write_run_files(self) -> None:
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2))
-        save_encoder_config(self.engine.module, self.run_dir / "encoder_config.json")
-        self.tokenizer.save(str(self.run_dir / "tokenizer.json"))
-        write_run_info(self.run_dir, self.world)
+        save_config(self.cfg, self.run.config)
+        self.run.deepspeed_config.write_text(json.dumps(self.ds_config, indent=2))
+        save_encoder_config(self.engine.module, self.run.encoder_config)
+        self.tokenizer.save(str(self.run.tokenizer))
+        write_run_info(self.run.run_info, self.world)
 
     def _resume(self) -> None:
-        client = ckpt.load_checkpoint(self.engine, self.run_dir / "checkpoints")
+        client = ckpt.load_checkpoint(self.engine, self.run.checkpoints)
         if client is None:
             return
         self.state = TrainState(**client["trainer"])
@@ -195,6 +198,9 @@ class Trainer:
                 spec, lambda: self.engine.module(task, **inputs), inputs, task, outputs
             )
             total, logged = loss + extra, logged | parts
+        if self.cfg.train.precision != "fp16":  # fp16: an overflow is the loss scaler's (a skipped step)
+            bad = [f"{task} {k} {v}" for k, v in logged.items() if not math.isfinite(v)]
+            self._nonfinite = self._nonfinite or ", ".join(bad)
         logged = {k: v * share for k, v in logged.items()}  # averaged over ranks: the global-batch mean
         self.opt_step.backward(task, total * (weight * share))  # divided by grad_accum in the step
         return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
@@ -228,6 +234,7 @@ class Trainer:
         )
         while st.index < n:
             logged, n_tokens = self.train_step()
+            self._check_stop()
             for task, values in logged:
                 for name, value in values.items():
                     sums[f"{task}/{name}"] += value
@@ -242,12 +249,31 @@ class Trainer:
                 sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
             if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 and st.index < n:
                 self.save_checkpoint()
-            if self.preemption.requested():
+            if self._signal:
                 bar.close()
-                log.warning("SIG%s received: stopping at step %d to checkpoint", cfg.slurm.signal, st.step)
+                name = self.stops.signal_name
+                log.warning("%s received: stopping at step %d to checkpoint", name, st.step)
                 self.save_checkpoint()
-                raise Preempted(st.step, self.preemption.requeue(self.rank, cfg.slurm.requeue))
+                requeue = self._signal == REQUEUE and cfg.slurm.requeue
+                raise Preempted(st.step, self.stops.requeue(self.rank, requeue), name)
         bar.close()
+
+    def _check_stop(self) -> None:
+        """After every optimiser step, all ranks agree: a signal (checkpoint and stop after the step's
+        logging) or divergence (stop now, before anything is saved from the non-finite state)."""
+        norm = self.engine.get_global_grad_norm() if self.cfg.train.precision != "fp16" else None
+        if norm is not None and not math.isfinite(float(norm)):
+            self._nonfinite = self._nonfinite or f"gradient norm {float(norm)}"
+        self._signal, diverged = self.stops.poll(bool(self._nonfinite))
+        if diverged:
+            latest = ckpt.latest_tag(self.run.checkpoints)
+            raise Diverged(
+                f"non-finite values at optimiser step {self.state.step} ("
+                + (self._nonfinite or "on another rank")
+                + "); nothing was saved from it: the last good state is "
+                + (f"checkpoint {latest}" if latest else "the start (no checkpoint yet)")
+                + ". Lower optim.lr, raise optim.warmup_ratio or set optim.grad_clip"
+            )
 
     def _global_means(self, sums: dict, counts: dict) -> dict[str, float]:
         """Mean of each ``task/quantity`` over all ranks (one small all-reduce). Every rank trains the same
@@ -286,6 +312,8 @@ class Trainer:
         )
         log.info("epoch %d task batches: %s", st.epoch + 1, counts)
         results = self.evaluate()
+        if not math.isfinite(results["overall"]):
+            raise Diverged(f"dev metrics of epoch {st.epoch + 1} are not finite: {results}")
         st.history.append({"epoch": st.epoch + 1, "step": st.step, **results})
         improved = results["overall"] > st.best_score
         if improved:
@@ -319,10 +347,10 @@ class Trainer:
         state = ckpt.full_state_dict(self.engine)
         if self.is_main:
             info = {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results}
-            ckpt.save_best(state, self.run_dir / "best", info)
+            ckpt.save_best(state, self.run.best, info)
             for task, outputs in self._dev_outputs.items():
                 write_predictions(
-                    self.run_dir / "predictions" / f"{task}-dev.csv",
+                    self.run.prediction(task, "dev"),
                     self.specs[task],
                     self.dev[task].ids,
                     to_predictions(self.specs[task], outputs),
@@ -336,14 +364,14 @@ class Trainer:
             client["surgery"] = self.opt_step.state_dict()
         if self.smart is not None:
             client["smart"] = self.smart.state_dict()
-        ckpt.save_checkpoint(self.engine, self.run_dir / "checkpoints", f"step-{st.step}", client)
+        ckpt.save_checkpoint(self.engine, self.run.checkpoints, f"step-{st.step}", client)
 
     def _finish(self, seconds: float) -> dict:
         best = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
         metrics = {t: best[t] for t in self.dev} | {"overall": best["overall"]}
         if self.is_main:
-            ckpt.atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
-            ckpt.atomic_write_text(self.run_dir / "history.json", json.dumps(self.state.history, indent=2))
+            atomic_write(self.run.metrics, json.dumps(metrics, indent=2))
+            atomic_write(self.run.history, json.dumps(self.state.history, indent=2))
         log.info(
             "finished in %.0f s; best epoch %d: overall %.4f", seconds, self.state.best_epoch, best["overall"]
         )
@@ -352,6 +380,7 @@ class Trainer:
     def close(self, keep_process_group: bool = False) -> None:
         """Release the engine and (unless another phase follows) the process group: avoids gloo aborts."""
         self.writer.close()
+        self.stops.close()
         self.engine.destroy()
         if dist.is_initialized() and not keep_process_group:
             dist.destroy_process_group()

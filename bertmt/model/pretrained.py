@@ -26,7 +26,7 @@ _RENAMES = [(re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bia
 _IGNORED = re.compile(r"(^cls\.|^embeddings\.position_ids$|^lm_head\.|^classifier\.|^qa_outputs\.)")
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(ValueError):
     """A checkpoint cannot be found or does not match the encoder."""
 
 
@@ -75,7 +75,7 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise PretrainedError(f"{directory} holds none of {WEIGHT_FILES}")
 
 
-def _normalise_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _normalise_names(state: dict) -> dict:
     """Strip a ``bert.`` prefix (BertForPreTraining checkpoints) and rename gamma/beta."""
     out = {}
     for key, value in state.items():
@@ -86,24 +86,66 @@ def _normalise_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_encoder(path: str | Path, attention: str = "sdpa") -> BertModel:
-    """Build a :class:`BertModel` from a checkpoint; missing or mismatched weights raise, by name."""
-    directory = resolve_pretrained(path)
-    with open(directory / "config.json") as fp:
-        cfg = BertConfig.from_dict({**json.load(fp), "attention": attention})
-    model = BertModel(cfg)
-    state = _normalise_names(read_state_dict(directory))
+def _read_config(directory: Path, attention: str = "sdpa") -> BertConfig:
+    path = directory / "config.json"
+    try:
+        with open(path) as fp:
+            raw = json.load(fp)
+        return BertConfig.from_dict({**raw, "attention": attention})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PretrainedError(f"{path}: not a BERT config.json ({type(exc).__name__}: {exc})") from None
+
+
+def _check_fit(directory: Path, model: BertModel, shapes: dict[str, tuple]) -> None:
+    """Every encoder weight is in the checkpoint with its shape (checkpoint names normalised)."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(shapes))
     mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        f"{k}: checkpoint {tuple(shapes[k])} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if k in shapes and tuple(shapes[k]) != tuple(v.shape)
     ]
     if missing or mismatched:
         raise PretrainedError(
             f"checkpoint {directory} does not fit the encoder: missing {missing}, mismatched {mismatched}"
         )
+
+
+def check_pretrained(path: str | Path) -> Path:
+    """Check a pretrained checkpoint without loading its weights (seconds, before any work): found,
+    config.json readable, weight names and shapes (from the file's header) fit the encoder, tokenizer
+    loadable. Raises PretrainedError naming the file; returns the directory."""
+    directory = resolve_pretrained(path)
+    cfg = _read_config(directory)
+    with torch.device("meta"):
+        model = BertModel(cfg)
+    weights = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+    if weights is None:
+        raise PretrainedError(f"{directory} holds none of {WEIGHT_FILES}")
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            state = torch.load(weights, map_location="meta", weights_only=True)
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+    except Exception as exc:  # a truncated or foreign file: the library's error names no file
+        raise PretrainedError(f"{weights}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    _check_fit(directory, model, _normalise_names(shapes))
+    load_tokenizer(directory)
+    return directory
+
+
+def load_encoder(path: str | Path, attention: str = "sdpa") -> BertModel:
+    """Build a :class:`BertModel` from a checkpoint; missing or mismatched weights raise, by name."""
+    directory = resolve_pretrained(path)
+    cfg = _read_config(directory, attention)
+    model = BertModel(cfg)
+    state = _normalise_names(read_state_dict(directory))
+    _check_fit(directory, model, {k: tuple(v.shape) for k, v in state.items()})
+    expected = model.state_dict()
     unused = sorted(k for k in set(state) - set(expected) if not _IGNORED.search(k))
     if unused:
         log.warning("checkpoint %s: %d unused tensors: %s", directory, len(unused), unused[:10])

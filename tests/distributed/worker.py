@@ -6,6 +6,8 @@
 - BERTMT_TEST_CRASH=RANK:CALL: that rank raises at micro-batch CALL;
 - BERTMT_TEST_HANG=RANK:CALL: that rank stops at micro-batch CALL and waits forever (a hung rank);
 - BERTMT_TEST_KILL=CALL: every rank kills itself (SIGKILL) at micro-batch CALL of this process;
+- BERTMT_TEST_SIGNAL=NAME:CALL: every rank sends itself signal NAME (TERM, INT, USR1...) at micro-batch CALL
+  of this process;
 - BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
 - BERTMT_TEST_POISON_HEAD=RANK:CALL: after that rank's micro-batch CALL, its task-head gradient held by the
   ZeRO 0/1 surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite
@@ -15,6 +17,9 @@
 - BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
   every parameter that DeepSpeed holds right before its first optimiser step, and the micro-batches of
   that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``;
+- BERTMT_TEST_RUNS=FILE: FILE holds a JSON list of argument lists; the process runs `bertmt` with each in
+  turn (one start-up of torch and DeepSpeed for many short runs; each run builds and closes its own engine
+  on the one process group, as the phases of a phased run do);
 - BERTMT_TEST_COLLECTIVES=DIR: each rank writes DIR/rank<r>-collectives.json: per optimiser step, the calls
   and bytes of every collective issued inside ``Trainer.train_step`` (bertmt/engine/comm_stats.py).
 """
@@ -45,6 +50,7 @@ def main() -> int:
     rank = int(os.environ.get("RANK", "0"))
     poison, crash, hang = _at("BERTMT_TEST_POISON"), _at("BERTMT_TEST_CRASH"), _at("BERTMT_TEST_HANG")
     kill = int(os.environ["BERTMT_TEST_KILL"]) if os.environ.get("BERTMT_TEST_KILL") else None
+    sig_name, _, sig_call = os.environ.get("BERTMT_TEST_SIGNAL", "").partition(":")
     real_loss, calls = trainer_mod.task_loss, [0]
 
     def task_loss(spec, outputs, labels):
@@ -56,6 +62,8 @@ def main() -> int:
             time.sleep(10**6)
         if kill == call:
             os.kill(os.getpid(), signal.SIGKILL)
+        if sig_name and int(sig_call) == call:
+            os.kill(os.getpid(), getattr(signal, f"SIG{sig_name}"))
         loss = real_loss(spec, outputs, labels)
         return loss * float("inf") if poison and poison == (rank, call) else loss
 
@@ -85,6 +93,8 @@ def main() -> int:
             }
             with open(os.path.join(out, f"rank{rank}.json"), "w") as fp:
                 json.dump(record, fp)
+        if os.environ.get("BERTMT_TEST_RUNS"):
+            kwargs["keep_process_group"] = True  # the next run uses it (DeepSpeed keeps a reference to it)
         real_close(self, *args, **kwargs)
 
     trainer_mod.Trainer.close = close
@@ -96,6 +106,14 @@ def main() -> int:
         _record_surgery_steps(os.environ["BERTMT_TEST_SURGERY"], rank, _at("BERTMT_TEST_POISON_HEAD"))
     from bertmt.cli import main as cli_main
 
+    if os.environ.get("BERTMT_TEST_RUNS"):
+        with open(os.environ["BERTMT_TEST_RUNS"]) as fp:
+            runs = json.load(fp)
+        for argv in runs:
+            code = cli_main(argv)
+            if code != 0:
+                return code
+        return 0
     return cli_main(sys.argv[1:])
 
 

@@ -36,7 +36,12 @@ def bertmt(
 
 
 def torchrun(
-    nproc: int, *args: str, module: str = "bertmt.cli", timeout: int = 600, check: bool = True
+    nproc: int,
+    *args: str,
+    module: str = "bertmt.cli",
+    timeout: int = 600,
+    check: bool = True,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node nproc -m module args`` on CPU (gloo), on a free port."""
     cmd = [
@@ -49,11 +54,25 @@ def torchrun(
         module,
         *args,
     ]
-    env = cli_env() | {"OMP_NUM_THREADS": "1"}
+    env = cli_env() | {"OMP_NUM_THREADS": "1"} | (env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def train_many(nproc: int, runs: list[list[str]], scratch: Path, timeout: int = 1800) -> None:
+    """``bertmt`` with each argument list of ``runs`` in turn, in one process (nproc 1) or one torchrun
+    launch: the test worker (tests/distributed/worker.py) starts torch and DeepSpeed once for all of them."""
+    import json
+
+    scratch.write_text(json.dumps(runs))
+    env = {"BERTMT_TEST_RUNS": str(scratch)}
+    worker = "tests.distributed.worker"
+    if nproc == 1:
+        bertmt(module=worker, env=env, timeout=timeout)
+    else:
+        torchrun(nproc, module=worker, env=env, timeout=timeout)
 
 
 def train_losses(run_dir: Path) -> dict[str, list[float]]:

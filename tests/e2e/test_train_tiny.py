@@ -100,23 +100,26 @@ def test_training_curves_png(run):
 
 
 def test_eval_reproduces_metrics_and_accepts_another_dev_file(run, data_dir, tmp_path):
+    """`bertmt eval` writes eval/<time>/ (metrics and reports) and leaves the run's reports/dev alone."""
     run_dir, _ = run
+    own_reports = {p: p.read_bytes() for p in (run_dir / "reports" / "dev").iterdir()}
     proc = bertmt("eval", str(run_dir))
-    assert "bertmt eval" in proc.stdout
-    written = json.loads(sorted((run_dir / "eval").glob("metrics-*.json"))[-1].read_text())
+    assert "bertmt eval" in proc.stdout and "best model of epoch 2" in proc.stdout
+    (first,) = (run_dir / "eval").iterdir()
+    written = json.loads((first / "metrics.json").read_text())
     assert written["metrics"]["sts"]["pearson"] == pytest.approx(
         json.loads((run_dir / "metrics.json").read_text())["sts"]["pearson"], abs=1e-5
     )
+    assert (first / "summary.json").is_file() and (first / "sts_scatter.png").is_file()
     other = slice_file(data_dir / "sts-dev.csv", tmp_path / "sts-other.csv", 120)
-    for old in (run_dir / "eval").glob("*.json"):
-        old.unlink()
     bertmt("eval", str(run_dir), f"tasks.sts.dev={other}")
-    (result,) = (run_dir / "eval").glob("metrics-*.json")
-    result = json.loads(result.read_text())
+    (second,) = set((run_dir / "eval").iterdir()) - {first}
+    result = json.loads((second / "metrics.json").read_text())
     assert result["files"]["sts"] == str(other)
     assert result["metrics"]["sts"]["pearson"] != pytest.approx(
         written["metrics"]["sts"]["pearson"], abs=1e-6
     )
+    assert {p: p.read_bytes() for p in (run_dir / "reports" / "dev").iterdir()} == own_reports
 
 
 def test_predict_cli_writes_the_requested_split(run):

@@ -47,7 +47,7 @@ def test_dotted_overrides_reach_nested_fields():
             "config key 'train.precision': expected one of ['fp32', 'bf16', 'fp16'], got 'fp8'",
         ),
         (["train.zero_stage=4"], "config key 'train.zero_stage': expected one of [0, 1, 2, 3], got 4"),
-        (["optim.lr=-1"], "config key 'optim.lr': expected a positive float, got -1.0"),
+        (["optim.lr=-1"], "config key 'optim.lr': expected a finite positive float, got -1.0"),
         (["train.epochs=two"], "config key 'train.epochs': expected an integer, got 'two'"),
         (
             ["tasks.mnli.train=x.csv"],
@@ -70,6 +70,16 @@ def test_dotted_overrides_reach_nested_fields():
             ["train.precision=fp16", "train.zero_stage=0"],
             "config key 'train.zero_stage': expected 1, 2 or 3 with fp16",
         ),
+        (["optim.lr=.inf"], "config key 'optim.lr': expected a finite positive float, got inf"),
+        (["optim.lr=.nan"], "config key 'optim.lr': expected a finite positive float, got nan"),
+        (["train.dist_timeout_s=0"], "config key 'train.dist_timeout_s': expected a positive number"),
+        (["tasks.sst.weight=-1"], "config key 'tasks.sst.weight': expected a finite float >= 0, got -1.0"),
+        (["tasks.sst.weight=.nan"], "config key 'tasks.sst.weight': expected a finite float >= 0, got nan"),
+        (
+            ["mtl.method=pcgrad", "train.grad_accum=1"],
+            "config key 'train.grad_accum': expected at least 2 with gradient surgery (mtl.method=pcgrad)",
+        ),
+        (["optim.lr=[1,"], "override 'optim.lr=[1,': the value is not valid YAML (line 1, column 4"),
     ],
 )
 def test_bad_config_fails_naming_the_key(override, message):
@@ -113,7 +123,10 @@ def test_phases_resolve_to_full_configs_with_their_own_run_directories():
 @pytest.mark.parametrize(
     "override, message",
     [
-        (["phases.1.optim.lr=-1"], "phases[1] ('joint'): config key 'optim.lr': expected a positive float"),
+        (
+            ["phases.1.optim.lr=-1"],
+            "phases[1] ('joint'): config key 'optim.lr': expected a finite positive float",
+        ),
         (["phases.0.schedul={kind: random}"], "config key 'phases[0].schedul': expected one of ['model'"),
         (["phases.2.model.pooling=cls"], "config key 'phases[2].model.pooling': expected one of ['pals'"),
         (["phases.5.optim.lr=1"], "config key 'phases.5.optim.lr': expected an index below 3"),
@@ -171,3 +184,21 @@ def test_extra_dataset_takes_its_type_format_and_can_share_a_head():
     spec = cfg.task_spec("sst2")
     assert spec.name == "sst2" and spec.num_labels == 5 and spec.label_column == "sentiment"
     assert cfg.head_of("sst2") == "sst" and cfg.head_of("sst") == "sst"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"run:\n  dir: x\n  seed: [1, 2\n", "bad.yaml: YAML syntax error at line 4, column 1: expected ','"),
+        (b"run:\n  dir: x\noptim: {lr: 1e-5\n", "bad.yaml: YAML syntax error at line 4, column 1"),
+        (b"run:\n  dir: caf\xe9\n", "bad.yaml, line 2: not UTF-8 text (byte 0xe9)"),
+        (b"- run\n- optim\n", "bad.yaml: expected a mapping of config sections, got list"),
+    ],
+    ids=["unclosed-list", "unclosed-mapping", "latin-1", "not-a-mapping"],
+)
+def test_unreadable_config_file_names_file_line_and_column(content, message, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
