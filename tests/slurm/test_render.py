@@ -115,7 +115,7 @@ def test_rendered_array_script_matches_its_reference(tmp_path):
     sweep = {
         "base": str(QUICKSTART),
         "dir": str(tmp_path / "sweep"),
-        "overrides": ["train.epochs=1"],
+        "overrides": ["train.epochs=1", "train.grad_accum=3"],
         "grid": {"optim.lr": [1.0e-4, 5.0e-5], "mtl.method": ["none", "pcgrad"]},
         "runs": [["schedule.kind=annealed"]],
         "max_parallel": 2,

@@ -23,7 +23,9 @@ def _sweep(tmp_path, **spec):
 
 def test_grid_and_listed_runs_expand_with_their_own_run_directories(tmp_path):
     path = _sweep(
-        tmp_path, grid={"optim.lr": [1e-4, 2e-5], "train.epochs": [1, 2]}, runs=[["mtl.method=pcgrad", "train.grad_accum=3"]]
+        tmp_path,
+        grid={"optim.lr": [1e-4, 2e-5], "train.epochs": [1, 2]},
+        runs=[["mtl.method=pcgrad", "train.grad_accum=3"]],
     )
     sweep = load_sweep(path)
     assert len(sweep.runs) == 5
