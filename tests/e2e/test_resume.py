@@ -1,11 +1,14 @@
 """A run killed (SIGKILL) in the middle of the optimiser step after its first checkpoint and started again
-ends with the same metrics.json and history.json as an uninterrupted run with the same seed (fp32, CPU). The
-kill comes from the run itself at a fixed micro-batch (tests/distributed/worker.py), not from a race."""
+ends with the same metrics.json and history.json as an uninterrupted run with the same seed (fp32, CPU); so
+does a run stopped by SIGTERM and then SIGINT, and one whose latest checkpoint is truncated or whose
+`latest` marker is empty. The kill or signal comes from the run itself at a fixed micro-batch
+(tests/distributed/worker.py), not from a race."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 
 import pytest
@@ -25,6 +28,69 @@ def _kill_after_first_checkpoint(args: list[str], run_dir, accum: int) -> None:
     assert not (run_dir / "metrics.json").exists()
 
 
+PLAIN = {"run.checkpoint_every": 2, "train.grad_accum": 2, "train.epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_plain(tiny_pretrained, small_data, tmp_path_factory):
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **PLAIN))
+    return whole
+
+
+def _assert_same_result(got, want) -> None:
+    for name in ("metrics.json", "history.json"):
+        assert json.loads((got / name).read_text()) == json.loads((want / name).read_text()), name
+
+
+def test_sigterm_then_sigint_stop_at_checkpoints_and_resume_exactly(
+    uninterrupted_plain, tiny_pretrained, small_data, tmp_path
+):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(tiny_pretrained, small_data, run_dir, **PLAIN)
+    for name, call, step in [("TERM", 5, 3), ("INT", 9, 8)]:  # the signal in step 3 (then 8): stop after it
+        env = {"BERTMT_TEST_SIGNAL": f"{name}:{call}"}
+        proc = bertmt("train", str(QUICKSTART), *args, module=WORKER, env=env, check=False)
+        assert proc.returncode == 3, proc.stderr[-3000:]
+        assert f"stopped by SIG{name} at step {step}; checkpoint saved, start the same command" in proc.stderr
+        assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{step}"
+        assert not (run_dir / "metrics.json").exists()
+    bertmt("train", str(QUICKSTART), *args)
+    _assert_same_result(run_dir, uninterrupted_plain)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
+    uninterrupted_plain, tiny_pretrained, small_data, tmp_path
+):
+    """Killed after its step-4 checkpoint (step-2 kept too): a truncated step-4 resumes from step-2, an
+    empty ``latest`` from the newest complete checkpoint; both end as the uninterrupted run."""
+    killed = tmp_path / "killed"
+    args = tiny_overrides(tiny_pretrained, small_data, killed, **PLAIN)
+    env = {"BERTMT_TEST_KILL": str(4 * 2 + 1)}  # inside step 5
+    proc = bertmt("train", str(QUICKSTART), *args, module=WORKER, env=env, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (killed / "checkpoints").glob("step-*")) == ["step-2", "step-4"]
+    for case in ("truncated", "empty-latest"):
+        run_dir = tmp_path / case
+        shutil.copytree(killed, run_dir)
+        if case == "truncated":
+            (states,) = (run_dir / "checkpoints" / "step-4").glob("*model_states.pt")
+            states.write_bytes(states.read_bytes()[:4096])
+        else:
+            (run_dir / "checkpoints" / "latest").write_text("")
+        proc = bertmt(
+            "train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, run_dir, **PLAIN)
+        )
+        log = (run_dir / "train.log").read_text()
+        if case == "truncated":
+            assert "step-4 cannot be loaded" in log and "resumed from the older checkpoint" in log
+            assert "resuming at epoch 1, micro-batch 4, step 2" in log
+        else:
+            assert "latest names '', which is not a checkpoint: using the newest one, step-4" in log
+            assert "resuming at epoch 1, micro-batch 8, step 4" in log
+        _assert_same_result(run_dir, uninterrupted_plain)
+
+
 @pytest.mark.parametrize(
     "variant",
     [
@@ -36,23 +102,24 @@ def _kill_after_first_checkpoint(args: list[str], run_dir, accum: int) -> None:
     ],
     ids=["plain", "gradvac-annealed", "smart"],
 )
-def test_killed_and_resumed_run_matches_uninterrupted(variant, tiny_pretrained, small_data, tmp_path):
-    extra = {"run.checkpoint_every": 2, "train.grad_accum": 2, "train.epochs": 3} | variant
+def test_killed_and_resumed_run_matches_uninterrupted(
+    variant, tiny_pretrained, small_data, tmp_path, request
+):
+    extra = PLAIN | variant
     accum = extra["train.grad_accum"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
+    if variant:
+        bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
+    else:
+        whole = request.getfixturevalue("uninterrupted_plain")
 
     args = tiny_overrides(tiny_pretrained, small_data, parts, **extra)
     _kill_after_first_checkpoint(args, parts, accum)
-    bertmt("train", str(QUICKSTART), *args)
+    harmless = [] if variant else ["run.log_every=1"]  # a restart may change what does not alter training
+    bertmt("train", str(QUICKSTART), *args, *harmless)
 
     resumed = re.search(
         r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", (parts / "train.log").read_text()
     )
     assert resumed and resumed.groups() == ("1", str(2 * accum), "2")  # step 3 again from its start
-    assert json.loads((parts / "metrics.json").read_text()) == json.loads(
-        (whole / "metrics.json").read_text()
-    )
-    assert json.loads((parts / "history.json").read_text()) == json.loads(
-        (whole / "history.json").read_text()
-    )
+    _assert_same_result(parts, whole)
