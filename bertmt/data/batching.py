@@ -82,9 +82,12 @@ def encode(
     key = _cache_key(data, tokenizer, max_length, siamese)
     path = Path(cache_dir) / f"{data.task}-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
-        cached = torch.load(path, weights_only=False)
-        second = cached.pop("second")
-        return Encoded(**cached, second=None if second is None else Encoded(**second))
+        try:
+            cached = torch.load(path, weights_only=False)
+            second = cached.pop("second")
+            return Encoded(**cached, second=None if second is None else Encoded(**second))
+        except Exception as exc:  # truncated or foreign file: torch and pickle raise many kinds
+            log.warning("tokenisation cache %s is unreadable (%r): tokenising again", path, exc)
     labels = None if data.labels is None else np.asarray(data.labels, dtype=np.float32)
     ids = list(data.ids)
     if siamese:

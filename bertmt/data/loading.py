@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig
 from bertmt.data.batching import Encoded, encode
-from bertmt.data.readers import DataError, TaskData, read_task_file
+from bertmt.data.readers import DataError, TaskData, check_task_file, read_task_file
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path:
@@ -38,7 +38,8 @@ def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenize
 
 
 def check_files(cfg: ExperimentConfig) -> None:
-    """Fail before any work when a configured task file is missing, naming every missing one."""
+    """Fail before any work when a configured task file is missing (naming every missing one), is not UTF-8
+    or lacks a column."""
     missing = [
         f"tasks.{task}.{split}: {path}"
         for task in cfg.tasks
@@ -49,3 +50,7 @@ def check_files(cfg: ExperimentConfig) -> None:
         raise DataError(
             "data file(s) do not exist (data.dir is {}):\n  {}".format(cfg.data.dir, "\n  ".join(missing))
         )
+    for task in cfg.tasks:
+        for split in ("train", "dev", "test"):
+            if (path := cfg.task_path(task, split)) is not None:
+                check_task_file(path, cfg.task_spec(task), labelled=split != "test")

@@ -8,6 +8,7 @@ A missing file or column raises :class:`DataError` naming it.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import sys
@@ -90,23 +91,48 @@ def _check_record(
     return rid, texts, label
 
 
-def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, strict: bool = False) -> TaskData:
-    """Read one CS224N file of ``spec``; ``labelled=False`` for test files without labels."""
+def _needed_columns(spec: TaskSpec, labelled: bool) -> list[str]:
+    return ["id", *spec.text_columns] + ([spec.label_column] if labelled else [])
+
+
+def check_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True) -> None:
+    """What can be checked before any work: the file exists, is UTF-8 text (else file and line) and its
+    header has the task's columns."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{spec.name}: data file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); convert the file, e.g. with iconv"
+        ) from None
+    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter="\t"), [])
+    absent = [c for c in _needed_columns(spec, labelled) if c not in header]
+    if absent:
+        raise DataError(f"{path}: missing column(s) {absent} for task {spec.name}; header has {header}")
+
+
+def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, strict: bool = False) -> TaskData:
+    """Read one CS224N file of ``spec``; ``labelled=False`` for test files without labels."""
+    path = Path(path)
+    check_task_file(path, spec, labelled)
     data = TaskData(task=spec.name, path=str(path), labels=[] if labelled else None)
     seen: set[str] = set()
     with open(path, newline="", encoding="utf-8") as fp:
         reader = csv.DictReader(fp, delimiter="\t")
-        header = reader.fieldnames or []
-        needed = ["id", *spec.text_columns] + ([spec.label_column] if labelled else [])
-        absent = [c for c in needed if c not in header]
-        if absent:
-            raise DataError(f"{path}: missing column(s) {absent} for task {spec.name}; header has {header}")
+        assert reader.fieldnames is not None  # reads the header (its columns were checked above)
         start = reader.line_num + 1
         for row in reader:
             try:
+                swallowed = [c for c, v in row.items() if isinstance(v, str) and "\t" in v]
+                if swallowed:  # a text never holds a tab: the field ran over the next records' fields
+                    raise ValueError(
+                        f"an unclosed quote (\") in column(s) {swallowed} swallowed lines {start + 1}-"
+                        f"{reader.line_num} (the records there are part of this one)"
+                    )
                 rid, texts, label = _check_record(row, spec, labelled, seen)
             except ValueError as exc:
                 bad = BadRecord(str(path), start, str(exc))

@@ -26,7 +26,7 @@ def sts(data_dir, tmp_path_factory):
     return encode(data, load_tokenizer("minilm"), 64, tmp_path_factory.mktemp("cache"))
 
 
-def test_encoding_matches_the_tokenizer_and_is_cached(sts, data_dir, tmp_path):
+def test_encoding_matches_the_tokenizer_and_is_cached(sts, data_dir, tmp_path, caplog):
     tok = load_tokenizer("minilm")
     data = read_task_file(data_dir / "sts-train.csv", TASKS["sts"])
     first = encode(data, tok, 64, tmp_path)
@@ -40,6 +40,11 @@ def test_encoding_matches_the_tokenizer_and_is_cached(sts, data_dir, tmp_path):
     assert np.array_equal(first.input_ids, again.input_ids) and again.lengths.max() <= 64
     encode(data, tok, 32, tmp_path)
     assert len(list(tmp_path.glob("sts-*.pt"))) == 2  # another max_length is another cache entry
+    cached.write_bytes(cached.read_bytes()[:100])  # a cache file cut short (full disk, killed copy)
+    with caplog.at_level("WARNING"):
+        rebuilt = encode(data, tok, 64, tmp_path)
+    assert f"tokenisation cache {cached} is unreadable" in caplog.text
+    assert np.array_equal(rebuilt.input_ids, first.input_ids) and cached.stat().st_size > 100
 
 
 def test_collate_pads_to_the_longest_row(sts):

@@ -84,3 +84,23 @@ def test_missing_column_is_named_with_the_header(tmp_path):
     path = _write(tmp_path, "0\ta\tx\ty\t1.0\n", header="\tid\tsentence1\tsentence_2\tsimilarity\n")
     with pytest.raises(DataError, match=r"missing column\(s\) \['sentence2'\] for task sts; header has"):
         read_task_file(path, TASKS["sts"])
+
+
+def test_unclosed_quote_that_swallows_records_is_reported(tmp_path):
+    body = '0\ta\t"A cat.\tA dog.\t2.5\n1\tb\tx\ty\t1.0\n2\tc\tOne".\tTwo.\t4.0\n3\td\tu\tv\t3.0\n'
+    path = _write(tmp_path, body)
+    data = read_task_file(path, TASKS["sts"])
+    assert data.ids == ["d"]
+    (bad,) = data.skipped
+    assert str(bad).startswith(
+        f"{path}:2: an unclosed quote (\") in column(s) ['sentence1'] swallowed lines 3-4"
+    )
+    with pytest.raises(DataError, match=r"sts.csv:2: an unclosed quote"):
+        read_task_file(path, TASKS["sts"], strict=True)
+
+
+def test_non_utf8_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_bytes((HEADER + "0\ta\tA cat.\tA dog.\t2.5\n1\tb\tCaf\xe9.\ty\t1.0\n").encode("latin-1"))
+    with pytest.raises(DataError, match=r"sts.csv:3: not UTF-8 text \(byte 0xe9\)"):
+        read_task_file(path, TASKS["sts"])
