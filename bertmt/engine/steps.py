@@ -8,7 +8,8 @@ optimiser step"). Every kind has the same small interface, which ``Trainer.train
     step.scalars(), step.state_dict(), step.load_state_dict(state)
 
 ``PlainStep`` is plain training (DeepSpeed accumulates, reduces and steps); the surgery kinds are in
-engine/surgery.py: ``CapturedSurgery`` at ZeRO 2/3, ``AutogradSurgery`` at ZeRO 0/1.
+engine/surgery.py: ``CapturedSurgery`` at ZeRO 2/3, ``AutogradSurgery`` at ZeRO 0/1, and so is
+``make_step``, which picks the kind of a config.
 """
 
 from __future__ import annotations
@@ -62,14 +63,3 @@ class PlainStep(Step):
         self.engine.step()
         return self.engine.was_step_applied()
 
-
-def make_step(engine, tasks: list[str], cfg, shared_groups: list[int]) -> Step:
-    """The step of an ExperimentConfig: plain, or the surgery path of its ZeRO stage."""
-    from bertmt.engine.surgery import AutogradSurgery, CapturedSurgery
-
-    if not cfg.mtl.per_task:
-        return PlainStep(engine)
-    args = (engine, tasks, cfg.mtl, cfg.run.seed, cfg.train.precision == "fp16", cfg.train.grad_accum)
-    if cfg.train.zero_stage >= 2:
-        return CapturedSurgery(*args, shared_groups=shared_groups)
-    return AutogradSurgery(*args)

@@ -32,7 +32,7 @@ import torch
 
 from bertmt.config import MtlConfig
 from bertmt.engine.preemption import Diverged
-from bertmt.engine.steps import Step
+from bertmt.engine.steps import PlainStep, Step
 from bertmt.engine.zero_partitions import backward_reduced, partition_grads
 from bertmt.mtl.gram import Method, combine, gram_matrix, gram_stats, task_scales
 from bertmt.mtl.reduce import RowReducer, all_gather_row, all_reduce_gram, all_reduce_mean, world_size
@@ -246,3 +246,13 @@ def _views(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]
         out.append(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
     return out
+
+
+def make_step(engine, tasks: list[str], cfg, shared_groups: list[int]) -> Step:
+    """The step of an ExperimentConfig: plain, or the surgery path of its ZeRO stage."""
+    if not cfg.mtl.per_task:
+        return PlainStep(engine)
+    args = (engine, tasks, cfg.mtl, cfg.run.seed, cfg.train.precision == "fp16", cfg.train.grad_accum)
+    if cfg.train.zero_stage >= 2:
+        return CapturedSurgery(*args, shared_groups=shared_groups)
+    return AutogradSurgery(*args)

@@ -30,7 +30,7 @@ from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer, shared_group_indices
 from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, StopCheck, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
-from bertmt.engine.steps import make_step
+from bertmt.engine.surgery import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.model import load_tokenizer
 from bertmt.mtl.smart import Smart

@@ -184,3 +184,16 @@ def test_sigint_twice_stops_at_once(tiny_pretrained, small_data, tmp_path):
     finally:
         stops.close()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_data_file_that_is_not_utf8_is_refused_before_the_run_directory(
+    tiny_pretrained, small_data, tmp_path
+):
+    bad = tmp_path / "sts-latin1.csv"
+    text = (small_data / "sts-train.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    bad.write_bytes("".join(text[:5]).encode() + "3\tx\tCaf\xe9.\tB.\t1.0\n".encode("latin-1"))
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(tiny_pretrained, small_data, run_dir) + [f"tasks.sts.train={bad}"]
+    proc = bertmt("train", str(QUICKSTART), *args, check=False)
+    assert proc.returncode == 1 and f"{bad}:6: not UTF-8 text (byte 0xe9)" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
