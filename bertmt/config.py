@@ -99,6 +99,19 @@ class DataConfig:
     cache_dir: str | None = None  # tokenised-data cache (default: $XDG_CACHE_HOME/bertmt or ~/.cache/bertmt)
     eval_batch_size: int = 128  # batch size for evaluation and prediction
 
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """cache_dir, else $XDG_CACHE_HOME/bertmt, else ~/.cache/bertmt."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertmt"
+
+    def loader(self, tokenizer):
+        """A :class:`bertmt.data.loading.Loader` with these settings."""
+        from bertmt.data.loading import Loader
+
+        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict)
+
     def __post_init__(self) -> None:
         _check(8 <= self.max_length <= 512, "data.max_length", "an integer in [8, 512]", self.max_length)
         _check(self.bucket_pool >= 1, "data.bucket_pool", "an integer >= 1", self.bucket_pool)
@@ -398,6 +411,19 @@ class ExperimentConfig:
         if not TASKS[self.tasks[name].type or name].is_pair:
             return None
         return self.tasks[name].pair_encoding or self.model.pair_encoding
+
+    def resolved_tasks(self):
+        """name -> :class:`bertmt.data.tasks.Task`: what data/ needs of each configured dataset."""
+        from bertmt.data.tasks import Task
+
+        return {
+            name: Task(
+                self.task_spec(name),
+                {split: self.task_path(name, split) for split in ("train", "dev", "test")},
+                self.pair_encoding(name) == "siamese",
+            )
+            for name in self.tasks
+        }
 
     def task_path(self, task: str, split: str) -> Path | None:
         """The file of a task's split, resolved against data.dir (None if the split is not configured)."""

@@ -43,7 +43,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     from bertmt.data.loading import check_files
     from bertmt.model.pretrained import check_pretrained
 
-    check_files(cfg)
+    check_files(cfg.resolved_tasks().values(), cfg.data.dir)
     check_pretrained(cfg.model.pretrained)
 
 

@@ -1,56 +1,58 @@
-"""Read and tokenise the configured file of one task split."""
+"""Read and tokenise the configured files of a task (a :class:`bertmt.data.tasks.Task`)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bertmt.config import ExperimentConfig
 from bertmt.data.batching import Encoded, encode
 from bertmt.data.readers import DataError, TaskData, check_task_file, read_task_file
+from bertmt.data.tasks import Task
+
+SPLITS = ("train", "dev", "test")
 
 
-def cache_dir(cfg: ExperimentConfig) -> Path:
-    if cfg.data.cache_dir:
-        return Path(cfg.data.cache_dir)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertmt"
+class Loader:
+    """Reads a task's split (``strict``: raise on a malformed record) and tokenises it with ``tokenizer`` at
+    ``max_length`` tokens, cached in ``cache_dir``."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, cache_dir: Path, strict: bool = False) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.cache_dir, self.strict = cache_dir, strict
+
+    def read(self, task: Task, split: str) -> TaskData | None:
+        """The valid records of ``task``'s ``split`` file, or None when no such file is configured."""
+        path = task.file(split)
+        if path is None:
+            return None
+        return read_task_file(path, task.spec, labelled=split != "test", strict=self.strict)
+
+    def encode(self, task: Task, data: TaskData) -> Encoded:
+        return encode(data, self.tokenizer, self.max_length, self.cache_dir, task.siamese)
+
+    def load(self, task: Task, split: str) -> Encoded | None:
+        """The tokenised records of ``task``'s ``split`` file, or None when no such file is configured."""
+        data = self.read(task, split)
+        return None if data is None else self.encode(task, data)
 
 
-def read_split(cfg: ExperimentConfig, task: str, split: str) -> TaskData | None:
-    """The valid records of ``task``'s ``split`` file, or None when the config names no such file."""
-    path = cfg.task_path(task, split)
-    if path is None:
-        return None
-    return read_task_file(path, cfg.task_spec(task), labelled=split != "test", strict=cfg.data.strict)
-
-
-def encode_split(cfg: ExperimentConfig, task: str, data: TaskData, tokenizer: Tokenizer) -> Encoded:
-    siamese = cfg.pair_encoding(task) == "siamese"
-    return encode(data, tokenizer, cfg.data.max_length, cache_dir(cfg), siamese)
-
-
-def load_split(cfg: ExperimentConfig, task: str, split: str, tokenizer: Tokenizer) -> Encoded | None:
-    """The tokenised records of ``task``'s ``split`` file, or None when the config names no such file."""
-    data = read_split(cfg, task, split)
-    return None if data is None else encode_split(cfg, task, data, tokenizer)
-
-
-def check_files(cfg: ExperimentConfig) -> None:
+def check_files(tasks: Iterable[Task], data_dir: str) -> None:
     """Fail before any work when a configured task file is missing (naming every missing one), is not UTF-8
     or lacks a column."""
+    tasks = list(tasks)
     missing = [
-        f"tasks.{task}.{split}: {path}"
-        for task in cfg.tasks
-        for split in ("train", "dev", "test")
-        if (path := cfg.task_path(task, split)) is not None and not path.is_file()
+        f"tasks.{task.name}.{split}: {path}"
+        for task in tasks
+        for split in SPLITS
+        if (path := task.file(split)) is not None and not path.is_file()
     ]
     if missing:
         raise DataError(
-            "data file(s) do not exist (data.dir is {}):\n  {}".format(cfg.data.dir, "\n  ".join(missing))
+            "data file(s) do not exist (data.dir is {}):\n  {}".format(data_dir, "\n  ".join(missing))
         )
-    for task in cfg.tasks:
-        for split in ("train", "dev", "test"):
-            if (path := cfg.task_path(task, split)) is not None:
-                check_task_file(path, cfg.task_spec(task), labelled=split != "test")
+    for task in tasks:
+        for split in SPLITS:
+            if (path := task.file(split)) is not None:
+                check_task_file(path, task.spec, labelled=split != "test")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 
@@ -23,6 +24,23 @@ class TaskSpec:
     @property
     def output_size(self) -> int:
         return self.num_labels if self.kind == "classification" else 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One configured dataset as data/ needs it (``ExperimentConfig.resolved_tasks()``): its format, its files
+    (resolved against data.dir; None: split not configured) and how pairs are encoded."""
+
+    spec: TaskSpec  # the registry format, under the dataset's own name
+    files: dict[str, Path | None] = field(default_factory=dict)  # train / dev / test
+    siamese: bool = False  # a pair task whose sentences go through the encoder one by one
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def file(self, split: str) -> Path | None:
+        return self.files.get(split)
 
 
 TASKS: dict[str, TaskSpec] = {

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from bertmt.config import ExperimentConfig, save_config
 from bertmt.data.batching import TaskSampler, model_inputs
-from bertmt.data.loading import load_split
 from bertmt.data.schedule import TaskSchedule
 from bertmt.engine import checkpoint as ckpt
 from bertmt.engine import deepspeed_compat
@@ -105,14 +104,15 @@ class Trainer:
         cfg = self.cfg
         self.samplers: dict[str, TaskSampler] = {}
         self.dev = {}
-        for task in cfg.tasks:
-            train = load_split(cfg, task, "train", self.tokenizer)
+        loader = cfg.data.loader(self.tokenizer)
+        for task, resolved in cfg.resolved_tasks().items():
+            train = loader.load(resolved, "train")
             if train is not None:
                 seed = cfg.run.seed + zlib.crc32(task.encode())
                 self.samplers[task] = TaskSampler(
                     train, cfg.tasks[task].batch_size, cfg.data.bucket_pool, seed, self.rank, self.world
                 )
-            dev = load_split(cfg, task, "dev", self.tokenizer)
+            dev = loader.load(resolved, "dev")
             if dev is not None:
                 self.dev[task] = dev
         sched = cfg.schedule

@@ -10,7 +10,6 @@ import torch
 from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig, phase_configs
-from bertmt.data.loading import encode_split, load_split, read_split
 from bertmt.engine.build import load_trained
 from bertmt.evaluation.predict import evaluate_tasks, predict, to_predictions, write_predictions
 from bertmt.rundir import RunDir
@@ -45,8 +44,9 @@ def evaluate_model(
 
     model_cfg, model_run = final_run(cfg, run)
     model, tokenizer = _load(model_cfg, model_run)
-    data = {t: d for t in cfg.tasks if (d := read_split(cfg, t, "dev")) is not None}
-    encoded = {t: encode_split(cfg, t, d, tokenizer) for t, d in data.items()}
+    loader, tasks = cfg.data.loader(tokenizer), cfg.resolved_tasks()
+    data = {t: d for t in tasks if (d := loader.read(tasks[t], "dev")) is not None}
+    encoded = {t: loader.encode(tasks[t], d) for t, d in data.items()}
     specs = {t: cfg.task_spec(t) for t in encoded}
     metrics, outputs = evaluate_tasks(model, specs, encoded, cfg.data.eval_batch_size, _device())
     target = out or run.reports
@@ -66,8 +66,9 @@ def predict_model(cfg: ExperimentConfig, run: RunDir, split: str) -> list[Path]:
     model_cfg, model_run = final_run(cfg, run)
     model, tokenizer = _load(model_cfg, model_run)
     written = []
-    for task in cfg.tasks:
-        enc = load_split(cfg, task, split, tokenizer)
+    loader = cfg.data.loader(tokenizer)
+    for task, resolved in cfg.resolved_tasks().items():
+        enc = loader.load(resolved, split)
         if enc is None:
             continue
         spec = cfg.task_spec(task)

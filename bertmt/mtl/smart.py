@@ -20,13 +20,25 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertmt.config import SmartConfig
 from bertmt.data.tasks import TaskSpec
+
+
+class SmartSettings(Protocol):
+    """What SMART reads of its settings (the config's ``mtl.smart`` section has these fields)."""
+
+    weight: float  # lambda_s on the adversarial term
+    steps: int  # projected ascent steps on the perturbation
+    noise: float  # sigma of the initial perturbation
+    step_size: float  # eta of each ascent step
+    epsilon: float  # radius of the perturbation (max norm)
+    bregman_weight: float  # mu on the proximal term
+    teacher_beta: float  # momentum of the teacher
 
 
 def divergence(spec: TaskSpec, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,7 +88,7 @@ class EmbeddingNoise:
 
 class Smart:
     def __init__(
-        self, model: nn.Module, cfg: SmartConfig, build: Callable[[], nn.Module] | None = None
+        self, model: nn.Module, cfg: SmartSettings, build: Callable[[], nn.Module] | None = None
     ) -> None:
         """``build``: a fresh model of the same architecture, for a ZeRO-3 partitioned ``model``."""
         self.model, self.cfg = model, cfg

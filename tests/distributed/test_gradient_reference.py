@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from bertmt.config import load_config
 from bertmt.data.batching import collate, model_inputs
-from bertmt.data.loading import load_split
 from bertmt.engine.build import build_model
 from bertmt.model import load_tokenizer
 from tests.conftest import NO_REPORTS, tiny_overrides
@@ -93,7 +92,7 @@ def _reference(pretrained, data, run_dir, micro_batches, accum: int, mtl: dict) 
     drawn = dict.fromkeys(tasks, 0)
     for task, rows, share in micro_batches:
         assert share == 1.0  # one process holds the whole global batch
-        enc = load_split(cfg, task, "train", tokenizer)
+        enc = cfg.data.loader(tokenizer).load(cfg.resolved_tasks()[task], "train")
         batch = collate(enc, np.array(rows))
         out = model(task, **model_inputs(batch, "cpu"))
         labels = batch["labels"]

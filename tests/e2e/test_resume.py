@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -123,3 +124,32 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     )
     assert resumed and resumed.groups() == ("1", str(2 * accum), "2")  # step 3 again from its start
     _assert_same_result(parts, whole)
+
+
+def test_a_full_disk_ends_the_run_with_one_message_and_the_previous_checkpoint_intact(
+    uninterrupted_plain, tiny_pretrained, small_data, tmp_path
+):
+    """The run directory on a 24 MiB tmpfs: step-2's checkpoint fits, step-4's does not. The run stops with
+    one message; step-2 stays `latest` and complete; resuming from it (on a larger disk) = uninterrupted."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
+    try:
+        run_dir = mount / "run"
+        extra = PLAIN | {"data.cache_dir": str(tmp_path / "cache")}
+        args = tiny_overrides(tiny_pretrained, small_data, run_dir, **extra)
+        proc = bertmt("train", str(QUICKSTART), *args, check=False)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert f"could not save checkpoint {run_dir / 'checkpoints' / 'step-4'}" in proc.stderr
+        assert f"the previous checkpoint {run_dir / 'checkpoints' / 'step-2'} is intact" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert (run_dir / "checkpoints" / "latest").read_text() == "step-2"
+        assert not (run_dir / "checkpoints" / ".partial").exists()
+        moved = tmp_path / "run"
+        shutil.copytree(run_dir, moved)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, moved, **extra))
+    assert "resuming at epoch 1, micro-batch 4, step 2" in (moved / "train.log").read_text()
+    _assert_same_result(moved, uninterrupted_plain)

@@ -65,3 +65,18 @@ def test_the_cli_run_lifecycle_and_launchers_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_data_model_and_mtl_import_neither_the_config_engine_nor_run():
+    """data/, model/ and mtl/ are building blocks: they take Task objects and plain settings."""
+    forbidden = ("bertmt.config", "bertmt.engine", "bertmt.run", "bertmt.rundir")
+    graph = _graph()
+    found = {
+        (module, dep)
+        for module, deps in graph.items()
+        if module.startswith(("bertmt.data", "bertmt.model", "bertmt.mtl"))
+        for dep in deps
+        if dep.startswith(forbidden)
+    }
+    assert not found
+    assert any(m.startswith("bertmt.data.") for m in graph)  # the packages were seen
