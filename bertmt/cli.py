@@ -32,10 +32,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from bertmt import run
 
-    paths, model = run.predict(args.run_dir, args.split, args.overrides)
+    paths, model = run.predict(args.run_dir, args.split, args.overrides, args.format)
     print(f"# {model}", file=sys.stderr)
     for path in paths:
         print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bertmt import run
+
+    out, model = run.export(args.run_dir, args.out, args.format)
+    print(f"exported the {model} of {args.run_dir} to {out} ({args.format})")
     return 0
 
 
@@ -142,8 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="write predictions of a run's best model")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["dev", "test"], default="dev")
+    p.add_argument(
+        "--format",
+        choices=["bertmt", "cs224n"],
+        default="bertmt",
+        help="cs224n: the starter code's predictions/cs224n/<sst|para|sts>-<split>-output.csv",
+    )
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="write a run's best encoder for transformers or sentence-transformers")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="a new (or empty) directory")
+    p.add_argument("--format", choices=["hf", "sentence-transformers"], default="hf")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "submit", help="submit a training run to SLURM (Submitit, or a rendered sbatch script)"
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bertmt: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"bertmt: error: {exc}", file=sys.stderr)
         return 1
 

@@ -242,10 +242,10 @@ def evaluate_run(cfg: ExperimentConfig, run: RunDir, reports: bool = True, out: 
     return evaluate_model(cfg, run, reports, out)
 
 
-def predict_run(cfg: ExperimentConfig, run: RunDir, split: str) -> list[Path]:
+def predict_run(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "bertmt") -> list[Path]:
     from bertmt.evaluation.runs import predict_model
 
-    return predict_model(cfg, run, split)
+    return predict_model(cfg, run, split, fmt)
 
 
 def evaluate(run_dir: str | Path, overrides: list[str] = ()) -> tuple[dict, Path, str]:
@@ -262,6 +262,17 @@ def evaluate(run_dir: str | Path, overrides: list[str] = ()) -> tuple[dict, Path
     return metrics, out, _model_epoch(run)
 
 
-def predict(run_dir: str | Path, split: str, overrides: list[str] = ()) -> tuple[list[Path], str]:
+def predict(
+    run_dir: str | Path, split: str, overrides: list[str] = (), fmt: str = "bertmt"
+) -> tuple[list[Path], str]:
+    """`bertmt predict RUN_DIR --split S [--format cs224n]`: the written files and which model wrote them."""
     cfg, run = run_config(run_dir, overrides), RunDir(run_dir)
-    return predict_run(cfg, run, split), _model_epoch(run)
+    return predict_run(cfg, run, split, fmt), _model_epoch(run)
+
+
+def export(run_dir: str | Path, out: str | Path, fmt: str) -> tuple[Path, str]:
+    """`bertmt export RUN_DIR OUT --format hf|sentence-transformers` (bertmt/export.py)."""
+    from bertmt.export import export as write
+
+    cfg, run = run_config(run_dir), RunDir(run_dir)
+    return write(cfg, run, Path(out), fmt), _model_epoch(run)

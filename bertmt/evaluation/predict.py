@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from bertmt.data.batching import Encoded, collate, eval_batches, model_inputs
 from bertmt.data.tasks import TaskSpec
+from bertmt.rundir import atomic_write
 
 
 def to_predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
@@ -67,13 +68,31 @@ def write_predictions(path: str | Path, spec: TaskSpec, ids: list[str], preds: n
     """CSV with ``id`` and the prediction column named after the task's label; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fp:
-        writer = csv.writer(fp)
-        writer.writerow(["id", f"predicted_{spec.label_column}"])
-        for rid, p in zip(ids, preds):
-            writer.writerow([rid, int(p) if spec.kind == "classification" else f"{p:.4f}"])
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", f"predicted_{spec.label_column}"])
+    for rid, p in zip(ids, preds):
+        writer.writerow([rid, int(p) if spec.kind == "classification" else f"{p:.4f}"])
+    atomic_write(path, buf.getvalue())
+
+
+# the CS224N starter code's prediction files: dataset -> (file prefix, header column), spelling included
+CS224N_FILES = {
+    "sst": ("sst", "Predicted_Sentiment"),
+    "quora": ("para", "Predicted_Is_Paraphrase"),
+    "sts": ("sts", "Predicted_Similiarity"),
+}
+
+
+def write_cs224n_predictions(out_dir: Path, split: str, task: str, ids: list[str], preds: np.ndarray) -> Path:
+    """``<out_dir>/<sst|para|sts>-<split>-output.csv`` exactly as the CS224N starter code writes it: a header
+    ``id \\t <column> `` and one ``<id> , <prediction> `` line per record."""
+    prefix, column = CS224N_FILES[task]
+    path = Path(out_dir) / f"{prefix}-{split}-output.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"id \t {column} \n"] + [f"{rid} , {p} \n" for rid, p in zip(ids, preds.tolist())]
+    atomic_write(path, "".join(lines))
+    return path
 
 
 def evaluate_tasks(

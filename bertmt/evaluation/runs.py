@@ -11,7 +11,14 @@ from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig, phase_configs
 from bertmt.engine.build import load_trained
-from bertmt.evaluation.predict import evaluate_tasks, predict, to_predictions, write_predictions
+from bertmt.evaluation.predict import (
+    CS224N_FILES,
+    evaluate_tasks,
+    predict,
+    to_predictions,
+    write_cs224n_predictions,
+    write_predictions,
+)
 from bertmt.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -61,20 +68,28 @@ def evaluate_model(
     return metrics, target
 
 
-def predict_model(cfg: ExperimentConfig, run: RunDir, split: str) -> list[Path]:
-    """predictions/<task>-<split>.csv for every task with a file for ``split``."""
+def predict_model(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "bertmt") -> list[Path]:
+    """Predictions of every task with a file for ``split``: predictions/<task>-<split>.csv, or with
+    ``fmt="cs224n"`` the starter code's files predictions/cs224n/<sst|para|sts>-<split>-output.csv (the
+    datasets sst, quora and sts only)."""
     model_cfg, model_run = final_run(cfg, run)
     model, tokenizer = _load(model_cfg, model_run)
     written = []
     loader = cfg.data.loader(tokenizer)
     for task, resolved in cfg.resolved_tasks().items():
+        if fmt == "cs224n" and task not in CS224N_FILES:
+            log.info("%s: not one of the CS224N files %s, skipped", task, sorted(CS224N_FILES))
+            continue
         enc = loader.load(resolved, split)
         if enc is None:
             continue
-        spec = cfg.task_spec(task)
+        spec = resolved.spec
         preds = to_predictions(spec, predict(model, spec, enc, cfg.data.eval_batch_size, _device()))
-        path = run.prediction(task, split)
-        write_predictions(path, spec, enc.ids, preds)
+        if fmt == "cs224n":
+            path = write_cs224n_predictions(run.predictions / "cs224n", split, task, enc.ids, preds)
+        else:
+            path = run.prediction(task, split)
+            write_predictions(path, spec, enc.ids, preds)
         written.append(path)
         log.info("wrote %d predictions to %s", len(preds), path)
     return written
