@@ -29,20 +29,11 @@ import socket
 import time
 from pathlib import Path
 
+from bertmt.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file, flushed to disk, and a rename: readers see the old or the new content,
-    never a part, even after a crash of the machine."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fp:
-        fp.write(text)
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(tmp, path)
 
 
 class RunDir:

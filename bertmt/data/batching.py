@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from bertmt.data.readers import TaskData
+from bertmt.files import atomic_path
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2
@@ -97,10 +98,9 @@ def encode(
         enc = _tokenise(tokenizer, [t if len(t) == 2 else t[0] for t in data.texts], ids, labels)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         state = dict(enc.__dict__, second=None if enc.second is None else enc.second.__dict__)
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written cache
+        with atomic_path(path) as tmp:  # concurrent ranks never read a half-written cache
+            torch.save(state, tmp)
     lengths = enc.lengths
     log.info(
         "%s: tokenised %d records from %s (mean %.1f tokens, max %d)",

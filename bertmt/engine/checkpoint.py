@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bertmt.rundir import atomic_write
+from bertmt.files import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 LATEST, PARTIAL = "latest", ".partial"
@@ -183,8 +183,6 @@ def save_best(state: dict[str, torch.Tensor], best_dir: Path, info: dict) -> Non
     from safetensors.torch import save_file
 
     best_dir.mkdir(parents=True, exist_ok=True)
-    tmp = best_dir / f"model.safetensors.tmp{os.getpid()}"
-    save_file(state, str(tmp))
-    _fsync_tree(tmp)
-    os.replace(tmp, best_dir / "model.safetensors")
+    with atomic_path(best_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     atomic_write(best_dir / "info.json", json.dumps(info, indent=2))

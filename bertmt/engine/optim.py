@@ -33,16 +33,20 @@ def shared_group_indices(optimizer) -> list[int]:
     return [i for i, g in enumerate(groups) if g.get("shared")]
 
 
+DECAYS = {  # optim.schedule -> the factor after warm-up, at progress 0..1 through the remaining steps
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "constant": lambda progress: 1.0,
+}
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at optimiser step ``step`` (0-based) of ``total``."""
+    if schedule not in DECAYS:
+        raise ValueError(f"unknown optim.schedule {schedule!r}: expected one of {sorted(DECAYS)}")
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+    return DECAYS[schedule](min(1.0, (step - warmup) / max(1, total - warmup)))
 
 
 def build_optimizer(

@@ -19,7 +19,8 @@ import torch.distributed as dist
 from bertmt import dist_env
 from bertmt.config import ExperimentConfig, phase_configs, save_config
 from bertmt.engine.runtime import setup_logging
-from bertmt.rundir import RunDir, atomic_write
+from bertmt.files import atomic_write
+from bertmt.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

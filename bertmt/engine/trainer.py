@@ -31,9 +31,10 @@ from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, StopCheck, sl
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
+from bertmt.files import atomic_write
 from bertmt.model import load_tokenizer
 from bertmt.mtl.smart import Smart
-from bertmt.rundir import RunDir, atomic_write
+from bertmt.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from bertmt.data.batching import Encoded, collate, eval_batches, model_inputs
 from bertmt.data.tasks import TaskSpec
-from bertmt.rundir import atomic_write
+from bertmt.files import atomic_write
 
 
 def to_predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from bertmt.files import atomic_path
 
 
 def plot_training_curves(run_dir: Path) -> Path:
@@ -46,8 +47,7 @@ def plot_training_curves(run_dir: Path) -> Path:
     fig.tight_layout()
     out = run_dir / "plots" / "training_curves.png"
     out.parent.mkdir(exist_ok=True)
-    tmp = out.with_name(f"training_curves.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -4,7 +4,6 @@ ROC curve (binary), prediction-vs-gold scatter (regression), and the worst error
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from bertmt.data.readers import TaskData
 from bertmt.data.tasks import TaskSpec
 from bertmt.evaluation.metrics import pearson
 from bertmt.evaluation.predict import to_predictions
+from bertmt.files import atomic_path
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -86,11 +86,10 @@ def worst_errors(spec: TaskSpec, data: TaskData, outputs: np.ndarray, n: int = 1
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

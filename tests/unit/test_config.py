@@ -202,3 +202,52 @@ def test_unreadable_config_file_names_file_line_and_column(content, message, tmp
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message in str(err.value)
+
+
+def _choices(section: type, name: str) -> set:
+    import dataclasses
+    import typing
+
+    (f,) = [f for f in dataclasses.fields(section) if f.name == name]
+    hints = typing.get_type_hints(section)
+    return {a for a in typing.get_args(hints[f.name]) if a is not type(None)}
+
+
+def _registries():
+    import typing
+
+    from bertmt import config
+    from bertmt.data.schedule import KINDS
+    from bertmt.engine.optim import DECAYS
+    from bertmt.model.bert import AttentionImpl
+    from bertmt.model.heads import Pooling
+    from bertmt.mtl.gram import METHODS
+
+    return [
+        ("optim.schedule", _choices(config.OptimConfig, "schedule"), set(DECAYS)),
+        ("schedule.kind", _choices(config.ScheduleConfig, "kind"), set(KINDS)),
+        ("mtl.method", _choices(config.MtlConfig, "method"), set(METHODS)),
+        ("model.pooling", _choices(config.ModelConfig, "pooling"), set(typing.get_args(Pooling))),
+        (
+            "model.attention",
+            _choices(config.ModelConfig, "attention"),
+            {"auto", *typing.get_args(AttentionImpl)},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key, config_choices, registry", _registries(), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_every_config_choice_has_an_implementation_and_back(key, config_choices, registry):
+    """The config's Literal is the one list users see; the code that implements the choices has exactly
+    those (an unknown optim.schedule used to fall through to linear decay)."""
+    assert config_choices == registry, key
+
+
+def test_an_unknown_lr_schedule_is_an_error_not_linear_decay():
+    from bertmt.engine.optim import lr_factor
+
+    with pytest.raises(ValueError, match="unknown optim.schedule 'step'"):
+        lr_factor(5, 10, 0, "step")
+    assert lr_factor(5, 10, 0, "constant") == 1.0 and lr_factor(5, 10, 0, "linear") == 0.5
