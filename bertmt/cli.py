@@ -47,6 +47,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from bertmt.config_keys import render
+
+    print(render(args.prefix), end="")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run or args.sbatch:
@@ -164,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["hf", "sentence-transformers"], default="hf")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("keys", help="every config key with its type, default and documentation")
+    p.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. optim.")
+    p.set_defaults(func=cmd_keys)
     p = sub.add_parser(
         "submit", help="submit a training run to SLURM (Submitit, or a rendered sbatch script)"
     )

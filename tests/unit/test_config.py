@@ -251,3 +251,26 @@ def test_an_unknown_lr_schedule_is_an_error_not_linear_decay():
     with pytest.raises(ValueError, match="unknown optim.schedule 'step'"):
         lr_factor(5, 10, 0, "step")
     assert lr_factor(5, 10, 0, "constant") == 1.0 and lr_factor(5, 10, 0, "linear") == 0.5
+
+
+def test_every_config_key_is_listed_with_type_default_and_doc(capsys):
+    from bertmt.config import to_dict
+    from bertmt.config_keys import keys
+
+    listed = {k: (t, d, doc) for k, t, d, doc in keys()}
+    assert all(doc for _, _, doc in listed.values()), [k for k, v in listed.items() if not v[2]]
+
+    def leaves(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict) and k != "tasks":
+                yield from leaves(v, f"{prefix}{k}.")
+            elif k != "tasks":
+                yield f"{prefix}{k}"
+
+    assert set(leaves(to_dict(load_config(tree={"tasks": {"sst": {"train": "x", "dev": "y"}}})))) | {
+        f"tasks.<name>.{f}" for f in ("train", "dev", "test", "batch_size", "weight", "type", "head")
+    } <= set(listed)
+    assert listed["optim.lr"] == ("float", "5e-05", "peak learning rate of AdamW")
+    assert main(["keys", "train.zero"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("train.zero_stage  0 | 1 | 2 | 3  (default 0)\n") and "DeepSpeed ZeRO stage" in out
