@@ -81,7 +81,7 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         full = getattr(exc, "errno", None) == errno.ENOSPC or "write failed" in str(exc)
         failed = f"{type(exc).__name__}: {str(exc)[:300]}" + (" (is the disk full?)" if full else "")
-    failed = _any_rank(failed)
+    failed = any_rank(failed)
     if failed:
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
@@ -105,7 +105,7 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
     return final
 
 
-def _any_rank(message: str) -> str:
+def any_rank(message: str) -> str:
     """The first non-empty message of any rank (every rank gets the same answer)."""
     if dist.get_world_size() == 1:
         return message
@@ -146,7 +146,7 @@ def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
             client_state = _load_tag(engine, ckpt_dir, tag)
         except Exception as exc:  # truncated/corrupt files: torch, pickle and DeepSpeed raise many kinds
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        error = _any_rank(error)
+        error = any_rank(error)
         if not error:
             if errors:
                 log.warning("resumed from the older checkpoint %s", ckpt_dir / tag)

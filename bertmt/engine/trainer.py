@@ -346,16 +346,27 @@ class Trainer:
 
     def _save_best(self, results: dict) -> None:
         state = ckpt.full_state_dict(self.engine)
+        error = ""
         if self.is_main:
             info = {"epoch": self.state.epoch + 1, "step": self.state.step, "metrics": results}
-            ckpt.save_best(state, self.run.best, info)
-            for task, outputs in self._dev_outputs.items():
-                write_predictions(
-                    self.run.prediction(task, "dev"),
-                    self.specs[task],
-                    self.dev[task].ids,
-                    to_predictions(self.specs[task], outputs),
-                )
+            try:
+                ckpt.save_best(state, self.run.best, info)
+                for task, outputs in self._dev_outputs.items():
+                    write_predictions(
+                        self.run.prediction(task, "dev"),
+                        self.specs[task],
+                        self.dev[task].ids,
+                        to_predictions(self.specs[task], outputs),
+                    )
+            except Exception as exc:  # a full disk: OSError, or the safetensors writer's own error type
+                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        error = ckpt.any_rank(error)
+        if error:
+            latest = ckpt.latest_tag(self.run.checkpoints)
+            raise ckpt.CheckpointError(
+                f"could not write the best model to {self.run.best}: {error}; the previous best model there "
+                f"and the last checkpoint ({latest or 'none yet'}) are intact"
+            )
 
     def save_checkpoint(self) -> None:
         st = self.state

@@ -129,11 +129,12 @@ def test_killed_and_resumed_run_matches_uninterrupted(
 def test_a_full_disk_ends_the_run_with_one_message_and_the_previous_checkpoint_intact(
     uninterrupted_plain, tiny_pretrained, small_data, tmp_path
 ):
-    """The run directory on a 24 MiB tmpfs: step-2's checkpoint fits, step-4's does not. The run stops with
-    one message; step-2 stays `latest` and complete; resuming from it (on a larger disk) = uninterrupted."""
+    """The run directory on a 20 MiB tmpfs: step-2's checkpoint (11.5 MiB) fits, step-4's does not. The run
+    stops with one message; step-2 stays `latest` and complete; resuming from it (on a larger disk) =
+    uninterrupted."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
     try:
         run_dir = mount / "run"
