@@ -27,12 +27,15 @@ class TrainJob:
 
         from bertmt import run
         from bertmt.config import load_config
-        from bertmt.rundir import RunDir
+        from bertmt.rundir import FINISHED, RunDir
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = load_config(self.config, self.overrides)
+        done = RunDir(cfg.run.dir)
+        if done.status() == FINISHED:  # a resubmitted sweep: a finished run is not trained again
+            return done.read_metrics() if env.global_rank == 0 else None
         code = run.train(cfg)
         if code == run.EXIT_REQUEUED:  # SLURM ends this process; returning or raising would store a result
             time.sleep(3600)
