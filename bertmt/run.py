@@ -39,11 +39,12 @@ HARMLESS_KEYS = (
 
 
 def check_inputs(cfg: ExperimentConfig) -> None:
-    """Everything that can be checked before any work: the task files and the pretrained model."""
+    """Everything that can be checked before any work: the task files (with data.strict, every record) and
+    the pretrained model."""
     from bertmt.data.loading import check_files
     from bertmt.model.pretrained import check_pretrained
 
-    check_files(cfg.resolved_tasks().values(), cfg.data.dir)
+    check_files(cfg.resolved_tasks().values(), cfg.data.dir, strict=cfg.data.strict)
     check_pretrained(cfg.model.pretrained)
 
 

@@ -38,9 +38,9 @@ class Loader:
         return None if data is None else self.encode(task, data)
 
 
-def check_files(tasks: Iterable[Task], data_dir: str) -> None:
-    """Fail before any work when a configured task file is missing (naming every missing one), is not UTF-8
-    or lacks a column."""
+def check_files(tasks: Iterable[Task], data_dir: str, strict: bool = False) -> None:
+    """Fail before any work when a configured task file is missing (naming every missing one), is not UTF-8,
+    lacks a column or holds no record; with ``strict``, also on its first malformed record."""
     tasks = list(tasks)
     missing = [
         f"tasks.{task.name}.{split}: {path}"
@@ -56,3 +56,5 @@ def check_files(tasks: Iterable[Task], data_dir: str) -> None:
         for split in SPLITS:
             if (path := task.file(split)) is not None:
                 check_task_file(path, task.spec, labelled=split != "test")
+                if strict:
+                    read_task_file(path, task.spec, labelled=split != "test", strict=True)

@@ -109,10 +109,13 @@ def check_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True) -> 
         raise DataError(
             f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); convert the file, e.g. with iconv"
         ) from None
-    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter="\t"), [])
+    first, _, rest = text.partition("\n")
+    header = next(csv.reader(io.StringIO(first), delimiter="\t"), [])
     absent = [c for c in _needed_columns(spec, labelled) if c not in header]
     if absent:
         raise DataError(f"{path}: missing column(s) {absent} for task {spec.name}; header has {header}")
+    if not rest.strip():
+        raise DataError(f"{path}: no records after the header (task {spec.name})")
 
 
 def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, strict: bool = False) -> TaskData:

@@ -37,6 +37,9 @@ def final_run(cfg: ExperimentConfig, run: RunDir) -> tuple[ExperimentConfig, Run
 
 
 def _load(cfg: ExperimentConfig, run: RunDir):
+    for needed in (run.best_model, run.tokenizer, run.encoder_config):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} does not exist: has {run.path} finished an epoch?")
     tokenizer = Tokenizer.from_file(str(run.tokenizer))
     return load_trained(cfg, run.best_model, run.encoder_config).to(_device()), tokenizer
 
