@@ -48,7 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from bertmt.config_keys import render
+    from bertmt.config.keys import render
 
     print(render(args.prefix), end="")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -109,8 +110,7 @@ def train(cfg: ExperimentConfig, allow_config_change: bool = False) -> int:
                 _record_changes(run, changes)
             run.failed.unlink(missing_ok=True)
     except RunLocked as exc:
-        print(f"bertmt: {exc}", flush=True)
-        log.error("%s", exc)
+        print(f"bertmt: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOCKED
     try:
         return _train_locked(cfg, run)

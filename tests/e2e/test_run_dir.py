@@ -44,7 +44,7 @@ def test_a_second_trainer_is_refused_and_a_dead_holder_is_reported(
         )
         assert proc.returncode == 6, proc.stderr[-2000:]
         assert (
-            f"run directory {run_dir} is in use by another trainer (pid {holder.pid} on host" in proc.stdout
+            f"run directory {run_dir} is in use by another trainer (pid {holder.pid} on host" in proc.stderr
         )
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written, nothing read
     finally:

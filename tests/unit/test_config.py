@@ -255,7 +255,7 @@ def test_an_unknown_lr_schedule_is_an_error_not_linear_decay():
 
 def test_every_config_key_is_listed_with_type_default_and_doc(capsys):
     from bertmt.config import to_dict
-    from bertmt.config_keys import keys
+    from bertmt.config.keys import keys
 
     listed = {k: (t, d, doc) for k, t, d, doc in keys()}
     assert all(doc for _, _, doc in listed.values()), [k for k, v in listed.items() if not v[2]]

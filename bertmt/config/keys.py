@@ -1,5 +1,5 @@
 """`bertmt keys [PREFIX]`: every config key with its type, default and documentation (the comment beside
-the field in bertmt/config.py, the one place where keys are documented)."""
+the field in bertmt/config/sections.py, the one place where keys are documented)."""
 
 from __future__ import annotations
 

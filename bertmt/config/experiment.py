@@ -1,0 +1,167 @@
+"""The whole experiment: its sections, the tasks it trains and the checks across sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertmt.config.errors import check
+from bertmt.config.sections import (
+    DataConfig,
+    ModelConfig,
+    MtlConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    SlurmConfig,
+    TaskConfig,
+    TrainConfig,
+)
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # task name (see bertmt.data.tasks) -> files
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mtl: MtlConfig = field(default_factory=MtlConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # training phases, run in order, each a name plus overrides of the sections above (see engine/phases.py)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name, task in self.tasks.items():
+            self._check_task(name, task)
+        check(bool(self.tasks), "tasks", "at least one task", self.tasks)
+        check(
+            any(t.train for t in self.tasks.values()),
+            "tasks",
+            "at least one task with a train file",
+            {k: v.train for k, v in self.tasks.items()},
+        )
+        check(
+            any(t.dev for t in self.tasks.values()),
+            "tasks",
+            "at least one task with a dev file (it picks the best checkpoint)",
+            {k: v.dev for k, v in self.tasks.items()},
+        )
+        check(
+            self.schedule.epoch_task is None or self.schedule.epoch_task in self.tasks,
+            "schedule.epoch_task",
+            f"null or a configured task, one of {sorted(self.tasks)}",
+            self.schedule.epoch_task,
+        )
+        check(
+            not (self.mtl.per_task and self.train.freeze_encoder),
+            "mtl.method",
+            "none with train.freeze_encoder=true (surgery acts on the encoder's gradient)",
+            self.mtl.method,
+        )
+        check(
+            not self.mtl.per_task or self.train.grad_accum >= 2,
+            "train.grad_accum",
+            f"at least 2 with gradient surgery (mtl.method={self.mtl.method}): it combines the task "
+            "gradients of one optimiser step's micro-batches, and a step of one micro-batch has one task",
+            self.train.grad_accum,
+        )
+        check(
+            self.schedule.kind != "round_robin" or all(t.sample_weight == 1 for t in self.tasks.values()),
+            "schedule.kind",
+            "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
+            self.schedule.kind,
+        )
+
+    def _check_task(self, name: str, task: TaskConfig) -> None:
+        from bertmt.data.tasks import TASKS
+
+        check(task.batch_size >= 1, f"tasks.{name}.batch_size", "an integer >= 1", task.batch_size)
+        check(
+            math.isfinite(task.weight) and task.weight >= 0,
+            f"tasks.{name}.weight",
+            "a finite float >= 0",
+            task.weight,
+        )
+        check(task.sample_weight > 0, f"tasks.{name}.sample_weight", "a positive float", task.sample_weight)
+        kind = task.type or name
+        check(
+            kind in TASKS,
+            f"tasks.{name}.type" if task.type else f"tasks.{name}",
+            f"a task name, one of {sorted(TASKS)} (an extra dataset names its format with 'type')",
+            kind,
+        )
+        spec = TASKS[kind]
+        if task.head is not None:
+            other = self.tasks.get(task.head)
+            check(
+                other is not None and other.head is None and task.head != name,
+                f"tasks.{name}.head",
+                f"another configured task that has its own head, one of {sorted(self.tasks)}",
+                task.head,
+            )
+            other_spec = TASKS[other.type or task.head]
+            check(
+                (other_spec.kind, other_spec.output_size) == (spec.kind, spec.output_size),
+                f"tasks.{name}.head",
+                f"a task with the same label space ({spec.kind}, {spec.output_size} outputs)",
+                task.head,
+            )
+        check(
+            spec.is_pair or task.pair_encoding is None,
+            f"tasks.{name}.pair_encoding",
+            "cross for a single-sentence task",
+            task.pair_encoding,
+        )
+        if self.pair_encoding(name) == "siamese":
+            check(
+                task.pair_features == "concat" or spec.output_size <= 2,
+                f"tasks.{name}.pair_features",
+                "concat for a task with more than 2 outputs",
+                task.pair_features,
+            )
+
+    def task_spec(self, name: str):
+        """The TaskSpec of configured dataset ``name`` (its registry type's format, under its own name)."""
+        from bertmt.data.tasks import TASKS
+
+        return dataclasses.replace(TASKS[self.tasks[name].type or name], name=name)
+
+    def head_of(self, name: str) -> str:
+        """The head (and PALs) dataset ``name`` trains: its own, or the one named by tasks.<name>.head."""
+        return self.tasks[name].head or name
+
+    def pair_encoding(self, name: str) -> str | None:
+        """cross or siamese for a pair task, None for a single-sentence task."""
+        from bertmt.data.tasks import TASKS
+
+        if not TASKS[self.tasks[name].type or name].is_pair:
+            return None
+        return self.tasks[name].pair_encoding or self.model.pair_encoding
+
+    def resolved_tasks(self):
+        """name -> :class:`bertmt.data.tasks.Task`: what data/ needs of each configured dataset."""
+        from bertmt.data.tasks import Task
+
+        return {
+            name: Task(
+                self.task_spec(name),
+                {split: self.task_path(name, split) for split in ("train", "dev", "test")},
+                self.pair_encoding(name) == "siamese",
+            )
+            for name in self.tasks
+        }
+
+    def task_path(self, task: str, split: str) -> Path | None:
+        """The file of a task's split, resolved against data.dir (None if the split is not configured)."""
+        name = getattr(self.tasks[task], split)
+        if name is None:
+            return None
+        path = Path(os.path.expandvars(os.path.expanduser(name)))
+        return path if path.is_absolute() else Path(self.data.dir) / path

@@ -1,0 +1,280 @@
+"""The sections of an experiment config (``run:``, ``model:``, ``data:``, ``tasks.<name>:``, ``optim:``,
+``train:``, ``schedule:``, ``mtl:``, ``slurm:``): one dataclass each. Every field carries its documentation as
+the comment beside it (``bertmt keys`` lists them), and its checks live in ``__post_init__``."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bertmt.config.errors import check
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/quickstart"  # run directory: config, logs, events, checkpoints, predictions
+    seed: int = 1234  # seeds data order, dropout and head initialisation
+    log_every: int = 20  # optimiser steps between scalar logs
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: only at epoch ends)
+    reports: bool = True  # after training: training curves and dev reports (false: `bertmt eval` writes them)
+
+    def __post_init__(self) -> None:
+        check(self.log_every >= 1, "run.log_every", "an integer >= 1", self.log_every)
+        check(self.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+
+
+@dataclass
+class PalConfig:
+    """Projected attention layers (Stickland & Murray 2019): a low-rank attention per task in every layer."""
+
+    enabled: bool = False  # add PALs (zero-initialised output: the encoder's output is unchanged at first)
+    size: int = 204  # width of the low-rank space (V_E: hidden -> size, V_D: size -> hidden)
+    heads: int = 12  # attention heads inside the low-rank space
+    shared: bool = True  # one V_E / V_D per task shared by all layers (False: one per layer)
+
+    def __post_init__(self) -> None:
+        check(self.size >= 1, "model.pals.size", "an integer >= 1", self.size)
+        check(
+            self.heads >= 1 and self.size % self.heads == 0,
+            "model.pals.heads",
+            f"a divisor of model.pals.size ({self.size})",
+            self.heads,
+        )
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = (
+        "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
+    )
+    attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: sdpa (measured faster, bench/)
+    pooling: Literal["mean", "cls", "pooler", "attention"] = "mean"  # sentence vector of each head
+    # (attention: learned multiplicative attention over the tokens, per task)
+    head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
+    dropout: float = 0.1  # dropout before every head layer
+    pair_encoding: Literal["cross", "siamese"] = "cross"  # default for pair tasks (see TaskConfig)
+    pals: PalConfig = field(default_factory=PalConfig)
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.dropout < 1.0, "model.dropout", "a float in [0, 1)", self.dropout)
+        check(all(w > 0 for w in self.head_hidden), "model.head_hidden", "positive widths", self.head_hidden)
+
+
+@dataclass
+class TaskConfig:
+    train: str | None = None  # training file (relative to data.dir unless absolute); None: not trained
+    dev: str | None = None  # dev file, evaluated after every epoch
+    test: str | None = None  # test file (no labels), used by `bertmt predict --split test`
+    batch_size: int = 32  # training micro-batch size of this task, per rank
+    weight: float = 1.0  # multiplier on this task's loss
+    type: str | None = None  # registry task whose format and head this dataset has (default: the key)
+    head: str | None = None  # share the head (and PALs) of this other configured task (same label space)
+    sample_weight: float = 1.0  # multiplier on this dataset's sampling probability (not for round_robin)
+    pair_encoding: Literal["cross", "siamese"] | None = None  # pair tasks (default model.pair_encoding):
+    # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
+    pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
+    # the cosine similarity with a learnable scale (regression: clipped to the label range), or both
+
+
+@dataclass
+class DataConfig:
+    dir: str = field(default_factory=lambda: os.environ.get("BERTMT_DATA_DIR", "data"))  # task files root
+    max_length: int = 128  # tokens per sequence (pairs truncated longest-first)
+    bucket_pool: int = 50  # length bucketing: sort inside pools of bucket_pool * batch_size examples
+    strict: bool = False  # raise on the first malformed record instead of reporting and skipping it
+    cache_dir: str | None = None  # tokenised-data cache (default: $XDG_CACHE_HOME/bertmt or ~/.cache/bertmt)
+    eval_batch_size: int = 128  # batch size for evaluation and prediction
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """cache_dir, else $XDG_CACHE_HOME/bertmt, else ~/.cache/bertmt."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertmt"
+
+    def loader(self, tokenizer):
+        """A :class:`bertmt.data.loading.Loader` with these settings."""
+        from bertmt.data.loading import Loader
+
+        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict)
+
+    def __post_init__(self) -> None:
+        check(8 <= self.max_length <= 512, "data.max_length", "an integer in [8, 512]", self.max_length)
+        check(self.bucket_pool >= 1, "data.bucket_pool", "an integer >= 1", self.bucket_pool)
+        check(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # decoupled weight decay (not on biases and LayerNorm)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clipping (0: off)
+    warmup_ratio: float = 0.1  # fraction of all optimiser steps with linear warm-up
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a finite positive float", self.lr)
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            "two floats in [0, 1)",
+            self.betas,
+        )
+        check(self.grad_clip >= 0, "optim.grad_clip", "a float >= 0", self.grad_clip)
+        check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a float in [0, 1)", self.warmup_ratio)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # passes of the task schedule
+    batches_per_epoch: int | None = None  # micro-batches per epoch over all tasks (None: sum of task sizes)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU; fp32 is the CPU default
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage
+    loss_scale_window: int = 1000  # fp16 dynamic loss scaling window
+    initial_scale_power: int = 16  # fp16 initial loss scale 2**power
+    loss_scale_hysteresis: int = 2  # fp16: overflows in a row before the loss scale is lowered
+    dist_timeout_s: int = 600  # a collective waiting longer than this fails (a crashed rank ends the run)
+    freeze_encoder: bool = False  # train only task-specific parameters (heads, PALs)
+    patience: int | None = None  # stop after this many epochs without a better dev overall score
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        check(
+            self.dist_timeout_s > 0,
+            "train.dist_timeout_s",
+            "a positive number of seconds",
+            self.dist_timeout_s,
+        )
+        check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        check(self.patience is None or self.patience >= 1, "train.patience", "null or >= 1", self.patience)
+        check(
+            self.batches_per_epoch is None or self.batches_per_epoch >= 1,
+            "train.batches_per_epoch",
+            "null or an integer >= 1",
+            self.batches_per_epoch,
+        )
+        # DeepSpeed 0.19.8 applies no loss scale in backward at stage 0 with fp16 (upstream PR #8393)
+        check(
+            self.precision != "fp16" or self.zero_stage > 0,
+            "train.zero_stage",
+            "1, 2 or 3 with fp16 (stage 0 + fp16 has a loss-scaling bug in DeepSpeed 0.19)",
+            self.zero_stage,
+        )
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["round_robin", "random", "proportional", "sqrt", "annealed"] = (
+        "round_robin"  # task sampling
+    )
+    samples_per_epoch: int | None = None  # epoch length in training examples (when batches_per_epoch is null)
+    epoch_task: str | None = None  # or: an epoch is one pass over this task's data
+    max_repeats: float | None = None  # cap on passes over one task's data per epoch (small tasks)
+
+    def __post_init__(self) -> None:
+        check(
+            self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+            "schedule.samples_per_epoch",
+            "null or an integer >= 1",
+            self.samples_per_epoch,
+        )
+        check(
+            self.max_repeats is None or self.max_repeats > 0,
+            "schedule.max_repeats",
+            "null or > 0",
+            self.max_repeats,
+        )
+
+
+@dataclass
+class SmartConfig:
+    """SMART (Jiang et al. 2020): adversarial smoothness on the embedding output + Bregman proximal point."""
+
+    weight: float = 0.0  # lambda_s on the adversarial term (0: off)
+    steps: int = 1  # K projected ascent steps on the perturbation
+    noise: float = 1e-5  # sigma of the initial Gaussian perturbation
+    step_size: float = 1e-3  # eta of each ascent step (along g / ||g||_inf per token)
+    epsilon: float = 1e-5  # the perturbation is projected onto ||delta||_inf <= epsilon
+    bregman_weight: float = 0.0  # mu on the proximal term against the momentum teacher (0: off)
+    teacher_beta: float = 0.99  # teacher <- beta * teacher + (1 - beta) * model after each optimiser step
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "bregman_weight"):
+            check(getattr(self, key) >= 0, f"mtl.smart.{key}", "a float >= 0", getattr(self, key))
+        for key in ("noise", "step_size", "epsilon"):
+            check(getattr(self, key) > 0, f"mtl.smart.{key}", "a positive float", getattr(self, key))
+        check(self.steps >= 1, "mtl.smart.steps", "an integer >= 1", self.steps)
+        check(0 <= self.teacher_beta < 1, "mtl.smart.teacher_beta", "a float in [0, 1)", self.teacher_beta)
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or self.bregman_weight > 0
+
+
+@dataclass
+class MtlConfig:
+    method: Literal["none", "pcgrad", "gradvac"] = "none"  # gradient surgery on the shared encoder
+    surgery: bool = False  # per-task gradients even for method none (weights = sum/mean); implied by a method
+    # sum: tasks weighted as plain training weights them (by their micro-batches in the step); mean: every
+    # task present in the step once, with its mean micro-batch gradient (bertmt.mtl.gram.task_scales)
+    reduction: Literal["sum", "mean"] = "sum"
+    beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
+    smart: SmartConfig = field(default_factory=SmartConfig)
+
+    def __post_init__(self) -> None:
+        check(0 < self.beta <= 1, "mtl.beta", "a float in (0, 1]", self.beta)
+
+    @property
+    def per_task(self) -> bool:
+        """Whether per-task gradients are taken (gradient surgery path)."""
+        return self.surgery or self.method != "none"
+
+
+@dataclass
+class SlurmConfig:
+    """Cluster resources and preemption handling (``bertmt submit``; templates in slurm/)."""
+
+    partition: str | None = None  # --partition (None: the cluster's default)
+    account: str | None = None  # --account
+    nodes: int = 1  # --nodes
+    gpus_per_node: int = 0  # --gpus-per-node (0: CPU-only jobs)
+    tasks_per_node: int | None = None  # ranks per node (default: gpus_per_node, or 1 without GPUs)
+    cpus_per_task: int = 2  # --cpus-per-task (also OMP_NUM_THREADS of each rank)
+    mem: str | None = None  # --mem per node, e.g. "64G"
+    time: str = "01:00:00"  # --time limit
+    signal: Literal["USR1", "USR2"] = "USR1"  # sent before the time limit and on preemption: checkpoint
+    signal_seconds: int = 120  # how long before the time limit the signal comes (SLURM fires on a 30 s tick)
+    requeue: bool = True  # after the checkpoint, requeue the job (it resumes from the checkpoint)
+    launcher: Literal["srun", "torchrun", "deepspeed"] = "srun"  # multi-node: one task per rank (srun), or
+    # one torchrun per node through srun, or the deepspeed launcher with a hostfile from the node list
+    setup: list[str] = field(default_factory=list)  # shell lines before the launch (module load, venv ...)
+    sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. ["--constraint=a100"]
+    python: str = "python"  # interpreter on the compute nodes
+
+    def __post_init__(self) -> None:
+        check(self.nodes >= 1, "slurm.nodes", "an integer >= 1", self.nodes)
+        check(self.gpus_per_node >= 0, "slurm.gpus_per_node", "an integer >= 0", self.gpus_per_node)
+        check(
+            self.tasks_per_node is None or self.tasks_per_node >= 1,
+            "slurm.tasks_per_node",
+            "null or an integer >= 1",
+            self.tasks_per_node,
+        )
+        check(self.signal_seconds >= 30, "slurm.signal_seconds", "an integer >= 30", self.signal_seconds)
+        check(
+            bool(re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", self.time)),
+            "slurm.time",
+            "a SLURM time such as 04:00:00 or 1-00:00:00",
+            self.time,
+        )
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
