@@ -176,7 +176,7 @@ def _summary(title: str, metrics: dict, extra: dict) -> str:
 def _plot(run: RunDir) -> None:
     from bertmt.evaluation.report import plot_training_curves
 
-    log.info("training curves: %s", plot_training_curves(run.path))
+    log.info("training curves: %s", plot_training_curves(run))
 
 
 def _train_single(cfg: ExperimentConfig, start: float) -> bool:

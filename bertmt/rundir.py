@@ -12,7 +12,8 @@ Nothing else in bertmt spells a run directory's file names. Imports no torch.
     metrics.json           the best epoch's dev metrics: the run finished
     history.json           dev metrics after every epoch
     failed.json            the error that ended the run: the run failed
-    predictions/           <task>-<split>.csv
+    predictions/           <task>-<split>.csv (cs224n/: the CS224N starter code's files)
+    plots/                 training_curves.png
     reports/dev/           per-task reports and plots of the best model
     eval/<time>/           what `bertmt eval` wrote
     phases/<i>-<name>/     a phased run's phases, each a run directory of its own
@@ -63,6 +64,7 @@ class RunDir:
     failed = property(lambda self: self.path / "failed.json")
     predictions = property(lambda self: self.path / "predictions")
     reports = property(lambda self: self.path / "reports" / "dev")
+    training_curves = property(lambda self: self.path / "plots" / "training_curves.png")
     eval = property(lambda self: self.path / "eval")
     phases = property(lambda self: self.path / "phases")
     phases_json = property(lambda self: self.path / "phases.json")
@@ -70,6 +72,10 @@ class RunDir:
 
     def prediction(self, task: str, split: str) -> Path:
         return self.predictions / f"{task}-{split}.csv"
+
+    def phase(self, index: int, name: str) -> RunDir:
+        """Phase ``index`` (0-based) of a phased run: a run directory of its own."""
+        return RunDir(self.phases / f"{index + 1}-{name}")
 
     def has_checkpoint(self) -> bool:
         """Whether training has saved anything to resume from (here or in a phase)."""

@@ -13,6 +13,7 @@ import yaml
 
 from bertmt.config.errors import ConfigError, check
 from bertmt.config.experiment import ExperimentConfig
+from bertmt.rundir import RunDir
 
 
 def _build(tp: Any, value: Any, key: str) -> Any:
@@ -190,7 +191,7 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
         for sub in sections.get("model", {}):
             check(sub in PHASE_MODEL_KEYS, f"{key}.model.{sub}", f"one of {list(PHASE_MODEL_KEYS)}", sub)
         tree = _merge(base, sections)
-        tree["run"]["dir"] = str(Path(cfg.run.dir) / "phases" / f"{i + 1}-{name}")
+        tree["run"]["dir"] = str(RunDir(cfg.run.dir).phase(i, name).path)
         try:
             out.append((name, _build_dataclass(ExperimentConfig, tree, "")))
         except ConfigError as exc:

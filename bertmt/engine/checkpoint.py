@@ -85,7 +85,7 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: 
     if failed:
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
-        previous = latest_tag(ckpt_dir) if rank == 0 else None
+        previous = latest_tag(ckpt_dir)
         raise CheckpointError(
             f"could not save checkpoint {ckpt_dir / tag}: {failed}; "
             + (f"the previous checkpoint {ckpt_dir / previous} is intact" if previous else "no earlier one")

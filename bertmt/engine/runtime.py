@@ -48,16 +48,17 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def setup_logging(run_dir: Path | None, rank: int, level: int = logging.INFO) -> None:
-    """One logger set-up: rank 0 logs INFO to stderr and <run_dir>/train.log, other ranks warnings only."""
+def setup_logging(log_file: Path | None, rank: int, level: int = logging.INFO) -> None:
+    """One logger set-up: rank 0 logs INFO to stderr and ``log_file`` (a run's train.log), other ranks
+    warnings only."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    if log_file is not None and rank == 0:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
     for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)

@@ -64,7 +64,7 @@ class Trainer:
         self.run = RunDir(cfg.run.dir)
         self.rank, self.world = init_distributed(cfg.train.dist_timeout_s)
         self.is_main = self.rank == 0
-        setup_logging(self.run.path, self.rank)
+        setup_logging(self.run.train_log, self.rank)
         self.specs = {t: cfg.task_spec(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bertmt.files import atomic_path
+from bertmt.rundir import RunDir
 
 
-def plot_training_curves(run_dir: Path) -> Path:
+def plot_training_curves(run: RunDir) -> Path:
     """Write ``plots/training_curves.png`` from the run's TensorBoard events and history.json."""
     import matplotlib
 
@@ -16,9 +16,9 @@ def plot_training_curves(run_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run.tensorboard))
     events.Reload()
-    history = json.loads((run_dir / "history.json").read_text())
+    history = run.read_json(run.history)
     fig, (loss_ax, dev_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     loss_tags = sorted(t for t in events.Tags()["scalars"] if t.startswith("train/") and t.endswith("/loss"))
     dev_tasks = {k for k, v in history[0].items() if isinstance(v, dict)}
@@ -45,7 +45,7 @@ def plot_training_curves(run_dir: Path) -> Path:
     dev_ax.set(xlabel="epoch", ylabel="dev metric", title="Dev metrics", xticks=epochs)
     dev_ax.legend()
     fig.tight_layout()
-    out = run_dir / "plots" / "training_curves.png"
+    out = run.training_curves
     out.parent.mkdir(exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100)
