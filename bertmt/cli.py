@@ -1,5 +1,6 @@
-"""Command line: parses and dispatches. ``bertmt train|eval|predict`` (bertmt/run.py) and
-``submit|sweep|sweep-summary|hostfile`` (clusters; these import no torch, deepspeed or model code)."""
+"""Command line: parses and dispatches. ``bertmt train|eval|predict|export`` (bertmt/run.py), ``keys``
+(bertmt/config/keys.py) and ``submit|sweep|sweep-summary|hostfile`` (clusters; these import no torch,
+deepspeed or model code)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bertmt import run
 
     metrics, out, model = run.evaluate(args.run_dir, args.overrides)
-    print(run._summary(f"bertmt eval {args.run_dir}: {model}", metrics, {"written": out}))
+    print(run.summary(f"bertmt eval {args.run_dir}: {model}", metrics, {"written": out}))
     return 0
 
 

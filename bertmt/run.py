@@ -161,7 +161,7 @@ def _write_failed(run: RunDir, error: str) -> None:
         log.error("could not write %s: %s", run.failed, exc)
 
 
-def _summary(title: str, metrics: dict, extra: dict) -> str:
+def summary(title: str, metrics: dict, extra: dict) -> str:
     lines = ["", "=" * 60, f" {title}", "-" * 60]
     for task, values in metrics.items():
         if isinstance(values, dict):
@@ -192,7 +192,7 @@ def _train_single(cfg: ExperimentConfig, start: float) -> bool:
                 "optimiser steps": trainer.state.step,
             }
             print(
-                _summary(f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})", metrics, extra)
+                summary(f"bertmt train: best dev metrics (epoch {trainer.state.best_epoch})", metrics, extra)
             )
     finally:
         trainer.close()
@@ -214,7 +214,7 @@ def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
             "wall time": f"{time.time() - start:.0f} s",
             "phases": ", ".join(f"{p['phase']} (best epoch {p['best_epoch']})" for p in phases),
         }
-        print(_summary(f"bertmt train: best dev metrics of phase '{phases[-1]['phase']}'", metrics, extra))
+        print(summary(f"bertmt train: best dev metrics of phase '{phases[-1]['phase']}'", metrics, extra))
     return is_main
 
 
