@@ -59,6 +59,9 @@ def main() -> int:
             raise RuntimeError(f"test crash on rank {rank} at micro-batch {call}")
         if hang and hang == (rank, call):
             print(f"test hang on rank {rank} at micro-batch {call}", file=sys.stderr, flush=True)
+            # hung for good: the launcher's SIGTERM ends it at once (a rank stuck in a kernel or a C call
+            # would not run bertmt's handler either, and would wait for the launcher's SIGKILL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(10**6)
         if kill == call:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -6,45 +6,57 @@ to fp32 at every step (a different precision, so not equal)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_overrides
-from tests.e2e.helpers import QUICKSTART, bertmt, train_losses
+from tests.e2e.helpers import QUICKSTART, train_losses, train_many
 
 MICRO_BATCHES = 30  # grad_accum 1: 30 optimiser steps; grad_accum 3: 10
 
 
-def _train(pretrained, data, run_dir, **extra) -> dict:
+def _args(pretrained, data, run_dir, **extra) -> list[str]:
     extra = {
         "train.epochs": 1,
         "train.batches_per_epoch": MICRO_BATCHES,
         "run.log_every": 1,
+        "run.reports": False,
         "tasks.sst.test": None,
         "tasks.sts.test": None,
         **extra,
     }
-    bertmt("train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **extra))
-    return json.loads((run_dir / "metrics.json").read_text())
+    return ["train", str(QUICKSTART), *tiny_overrides(pretrained, data, run_dir, **extra)]
+
+
+VARIANTS = {
+    f"zero{s}-accum{a}": {"train.zero_stage": s, "train.grad_accum": a} for s in range(4) for a in (1, 3)
+}
+VARIANTS["bf16"] = {"train.precision": "bf16", "train.grad_accum": 1}
 
 
 @pytest.fixture(scope="module")
-def stage0(tiny_pretrained, small_data, tmp_path_factory):
-    runs = {}
-    for accum in (1, 3):
-        run_dir = tmp_path_factory.mktemp("z") / f"stage0-accum{accum}"
-        _train(tiny_pretrained, small_data, run_dir, **{"train.grad_accum": accum})
-        runs[accum] = run_dir
-    return runs
+def runs(tiny_pretrained, small_data, tmp_path_factory) -> dict[str, Path]:
+    """Every variant's run directory, trained one after another in one process (tests/e2e/helpers.py)."""
+    root = tmp_path_factory.mktemp("precision-zero")
+    dirs = {name: root / name for name in VARIANTS}
+    train_many(
+        1, [_args(tiny_pretrained, small_data, dirs[n], **v) for n, v in VARIANTS.items()], root / "runs.json"
+    )
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def stage0(runs):
+    return {accum: runs[f"zero0-accum{accum}"] for accum in (1, 3)}
 
 
 @pytest.mark.parametrize("accum", [1, 3])
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stage_gives_the_stage0_result(stage, accum, stage0, tiny_pretrained, small_data, tmp_path):
-    run_dir = tmp_path / f"stage{stage}"
-    _train(tiny_pretrained, small_data, run_dir, **{"train.zero_stage": stage, "train.grad_accum": accum})
+def test_zero_stage_gives_the_stage0_result(stage, accum, stage0, runs, tiny_pretrained):
+    run_dir = runs[f"zero{stage}-accum{accum}"]
     ds = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == stage
     want, got = train_losses(stage0[accum]), train_losses(run_dir)
@@ -61,14 +73,12 @@ def test_zero_stage_gives_the_stage0_result(stage, accum, stage0, tiny_pretraine
     assert not torch.allclose(ref[f"encoder.{query}"], start)  # it trained
 
 
-def test_bf16_trains_close_to_fp32(stage0, tiny_pretrained, small_data, tmp_path):
+def test_bf16_trains_close_to_fp32(stage0, runs):
     """bf16 keeps 8 significant bits (relative rounding 2**-8 = 0.4%). Measured on the tiny model without
     dropout and the odd-sized slices: per-step losses within 0.5% of fp32 over 30 steps, dev overall within
     1e-4; held to 2% and 0.01 here."""
-    run_dir = tmp_path / "bf16"
-    metrics = _train(
-        tiny_pretrained, small_data, run_dir, **{"train.precision": "bf16", "train.grad_accum": 1}
-    )
+    run_dir = runs["bf16"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     ds = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert ds["bf16"] == {"enabled": True}
     want, got = train_losses(stage0[1]), train_losses(run_dir)
