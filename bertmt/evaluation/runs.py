@@ -19,6 +19,7 @@ from bertmt.evaluation.predict import (
     write_cs224n_predictions,
     write_predictions,
 )
+from bertmt.files import atomic_write
 from bertmt.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,10 @@ def evaluate_model(
     target.mkdir(parents=True, exist_ok=True)
     if out is not None:
         files = {t: str(cfg.task_path(t, "dev")) for t in encoded}
-        (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "files": files}, indent=2))
+        atomic_write(out / "metrics.json", json.dumps({"metrics": metrics, "files": files}, indent=2))
     if reports:
         summary = {t: write_task_report(specs[t], data[t], outputs[t], target, "dev") for t in encoded}
-        (target / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(target / "summary.json", json.dumps(summary, indent=2))
         log.info("reports: %s", target)
     return metrics, target
 
