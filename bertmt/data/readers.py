@@ -95,10 +95,9 @@ def _needed_columns(spec: TaskSpec, labelled: bool) -> list[str]:
     return ["id", *spec.text_columns] + ([spec.label_column] if labelled else [])
 
 
-def check_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True) -> None:
-    """What can be checked before any work: the file exists, is UTF-8 text (else file and line) and its
-    header has the task's columns."""
-    path = Path(path)
+def _read_text(path: Path, spec: TaskSpec, labelled: bool) -> str:
+    """The file's text, once: it exists, is UTF-8 (else file and line), its header has the task's columns
+    and at least one record follows."""
     if not path.is_file():
         raise DataError(f"{spec.name}: data file {path} does not exist")
     raw = path.read_bytes()
@@ -116,15 +115,21 @@ def check_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True) -> 
         raise DataError(f"{path}: missing column(s) {absent} for task {spec.name}; header has {header}")
     if not rest.strip():
         raise DataError(f"{path}: no records after the header (task {spec.name})")
+    return text
+
+
+def check_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True) -> None:
+    """What can be checked before any work (see _read_text), without parsing the records."""
+    _read_text(Path(path), spec, labelled)
 
 
 def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, strict: bool = False) -> TaskData:
     """Read one CS224N file of ``spec``; ``labelled=False`` for test files without labels."""
     path = Path(path)
-    check_task_file(path, spec, labelled)
+    text = _read_text(path, spec, labelled)
     data = TaskData(task=spec.name, path=str(path), labels=[] if labelled else None)
     seen: set[str] = set()
-    with open(path, newline="", encoding="utf-8") as fp:
+    with io.StringIO(text, newline="") as fp:
         reader = csv.DictReader(fp, delimiter="\t")
         _ = reader.fieldnames  # reads the header (its columns were checked above)
         start = reader.line_num + 1

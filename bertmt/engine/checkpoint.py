@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bertmt.files import atomic_path, atomic_write
+from bertmt.files import atomic_path, atomic_write, fsync
 
 log = logging.getLogger(__name__)
 LATEST, PARTIAL = "latest", ".partial"
@@ -56,11 +56,7 @@ def _tags(ckpt_dir: Path) -> list[str]:
 
 def _fsync_tree(root: Path) -> None:
     for path in [*root.rglob("*"), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(path)
 
 
 def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int = 2) -> Path:
