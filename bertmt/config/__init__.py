@@ -1,10 +1,10 @@
 """Experiment configuration: a tree of dataclasses, loaded from YAML with dotted overrides.
 
-This package is the only code that parses configuration: ``sections.py`` (one dataclass per section, every
-field documented by its comment and checked in ``__post_init__``), ``experiment.py`` (the whole tree and its
-cross-section checks), ``loading.py`` (YAML, overrides, phases, saving), ``keys.py`` (``bertmt keys``). An
-unknown key or a bad value raises :class:`ConfigError` naming the dotted key and what was expected, before any
-work starts.
+This package is the only code that parses configuration: ``sections.py`` and ``mtl.py`` (one dataclass per
+section, every field documented by its comment and checked in ``__post_init__``), ``experiment.py`` (the
+whole tree and its cross-section checks), ``loading.py`` (YAML, overrides, phases, saving), ``keys.py``
+(``bertmt keys``). An unknown key or a bad value raises :class:`ConfigError` naming the dotted key and what
+was expected, before any work starts.
 """
 
 from bertmt.config.errors import ConfigError
@@ -17,16 +17,15 @@ from bertmt.config.loading import (
     save_config,
     to_dict,
 )
+from bertmt.config.mtl import MtlConfig, SmartConfig
 from bertmt.config.sections import (
     DataConfig,
     ModelConfig,
-    MtlConfig,
     OptimConfig,
     PalConfig,
     RunConfig,
     ScheduleConfig,
     SlurmConfig,
-    SmartConfig,
     TaskConfig,
     TrainConfig,
 )

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from bertmt.config.errors import check
+from bertmt.config.mtl import MtlConfig
 from bertmt.config.sections import (
     DataConfig,
     ModelConfig,
-    MtlConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,

@@ -1,6 +1,7 @@
 """The sections of an experiment config (``run:``, ``model:``, ``data:``, ``tasks.<name>:``, ``optim:``,
-``train:``, ``schedule:``, ``mtl:``, ``slurm:``): one dataclass each. Every field carries its documentation as
-the comment beside it (``bertmt keys`` lists them), and its checks live in ``__post_init__``."""
+``train:``, ``schedule:``, ``slurm:``; ``mtl:`` is in mtl.py): one dataclass each. Every field carries its
+documentation as the comment beside it (``bertmt keys`` lists them), and its checks live in
+``__post_init__``."""
 
 from __future__ import annotations
 
@@ -191,50 +192,6 @@ class ScheduleConfig:
             "null or > 0",
             self.max_repeats,
         )
-
-
-@dataclass
-class SmartConfig:
-    """SMART (Jiang et al. 2020): adversarial smoothness on the embedding output + Bregman proximal point."""
-
-    weight: float = 0.0  # lambda_s on the adversarial term (0: off)
-    steps: int = 1  # K projected ascent steps on the perturbation
-    noise: float = 1e-5  # sigma of the initial Gaussian perturbation
-    step_size: float = 1e-3  # eta of each ascent step (along g / ||g||_inf per token)
-    epsilon: float = 1e-5  # the perturbation is projected onto ||delta||_inf <= epsilon
-    bregman_weight: float = 0.0  # mu on the proximal term against the momentum teacher (0: off)
-    teacher_beta: float = 0.99  # teacher <- beta * teacher + (1 - beta) * model after each optimiser step
-
-    def __post_init__(self) -> None:
-        for key in ("weight", "bregman_weight"):
-            check(getattr(self, key) >= 0, f"mtl.smart.{key}", "a float >= 0", getattr(self, key))
-        for key in ("noise", "step_size", "epsilon"):
-            check(getattr(self, key) > 0, f"mtl.smart.{key}", "a positive float", getattr(self, key))
-        check(self.steps >= 1, "mtl.smart.steps", "an integer >= 1", self.steps)
-        check(0 <= self.teacher_beta < 1, "mtl.smart.teacher_beta", "a float in [0, 1)", self.teacher_beta)
-
-    @property
-    def enabled(self) -> bool:
-        return self.weight > 0 or self.bregman_weight > 0
-
-
-@dataclass
-class MtlConfig:
-    method: Literal["none", "pcgrad", "gradvac"] = "none"  # gradient surgery on the shared encoder
-    surgery: bool = False  # per-task gradients even for method none (weights = sum/mean); implied by a method
-    # sum: tasks weighted as plain training weights them (by their micro-batches in the step); mean: every
-    # task present in the step once, with its mean micro-batch gradient (bertmt.mtl.gram.task_scales)
-    reduction: Literal["sum", "mean"] = "sum"
-    beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
-    smart: SmartConfig = field(default_factory=SmartConfig)
-
-    def __post_init__(self) -> None:
-        check(0 < self.beta <= 1, "mtl.beta", "a float in (0, 1]", self.beta)
-
-    @property
-    def per_task(self) -> bool:
-        """Whether per-task gradients are taken (gradient surgery path)."""
-        return self.surgery or self.method != "none"
 
 
 @dataclass

@@ -138,7 +138,7 @@ def read_task_file(path: str | Path, spec: TaskSpec, labelled: bool = True, stri
                 swallowed = [c for c, v in row.items() if isinstance(v, str) and "\t" in v]
                 if swallowed:  # a text never holds a tab: the field ran over the next records' fields
                     raise ValueError(
-                        f"an unclosed quote (\") in column(s) {swallowed} swallowed lines {start + 1}-"
+                        f'an unclosed quote (") in column(s) {swallowed} swallowed lines {start + 1}-'
                         f"{reader.line_num} (the records there are part of this one)"
                     )
                 rid, texts, label = _check_record(row, spec, labelled, seen)

@@ -62,4 +62,3 @@ class PlainStep(Step):
     def step(self) -> bool:
         self.engine.step()
         return self.engine.was_step_applied()
-

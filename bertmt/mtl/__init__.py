@@ -1,5 +1,7 @@
-"""Multitask optimisation: gradient-surgery methods as functions of the task-gradient Gram matrix."""
+"""Multitask optimisation: gradient-surgery methods as functions of the task-gradient Gram matrix
+(method.py, methods/), loss weightings (loss_weighting.py, weightings/), SMART (smart.py)."""
 
-from bertmt.mtl.gram import METHODS, GradVac, Method, PCGrad, Sum, make_method
+import bertmt.mtl.methods  # noqa: F401  (registers every method)
+from bertmt.mtl.method import METHODS, Method, make_method
 
-__all__ = ["METHODS", "GradVac", "Method", "PCGrad", "Sum", "make_method"]
+__all__ = ["METHODS", "Method", "make_method"]

@@ -1,126 +1,17 @@
-"""Gradient-surgery methods that only ever see the T x T Gram matrix ``M = G G^T`` of task gradients.
-
-Each projected task gradient is kept as a linear combination of the original ones,
-``g'_i = sum_k C[i, k] g_k``, so every dot product the methods need is ``(C M)[i, j]`` or ``(C M C^T)[i, i]``:
-T x T numbers, never D-sized vectors, which is what lets them run on gradients sharded across ranks.
-``weights(gram)`` returns w (T,) with the final shared gradient ``w @ G``. Random task orders come from a
-seeded generator held in the method's state, so every rank draws the same orders and a resumed run continues
-the same sequence. ``combine`` applies the reduction (``task_scales``) around a method.
-"""
+"""The Gram matrix of the task gradients and what surrounds a method (bertmt/mtl/method.py): the Gram
+matrix of sharded rows in float64 (``gram_matrix``), the reduction (``task_scales``), the method on the
+scaled rows (``combine``) and the telemetry of a step (``gram_stats``)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
+from bertmt.mtl.method import Method
+
 Reduction = Literal["sum", "mean"]
-
-
-class Method:
-    """Base: combine the task gradients with weights computed from their Gram matrix."""
-
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        self.num_tasks = num_tasks
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def draw_orders(self) -> list[list[int]]:
-        """For each task i, a random order of the other tasks (same on every rank for the same state)."""
-        t = self.num_tasks
-        return [[j for j in torch.randperm(t, generator=self.generator).tolist() if j != i] for i in range(t)]
-
-    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
-        """C (T, T): the projected gradients as combinations of the original ones."""
-        return torch.eye(self.num_tasks, dtype=torch.float64)
-
-    def weights(self, gram: torch.Tensor, orders: list[list[int]] | None = None) -> torch.Tensor:
-        gram = gram.detach().to(torch.float64).cpu()
-        if gram.shape != (self.num_tasks, self.num_tasks):
-            raise ValueError(
-                f"Gram matrix must be {self.num_tasks} x {self.num_tasks}, got {tuple(gram.shape)}"
-            )
-        c = self.combination(gram, self.draw_orders() if orders is None else orders)
-        return c.sum(0)  # sum_i g'_i = sum_i sum_k C[i, k] g_k
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-    @staticmethod
-    def from_config(cfg, num_tasks: int, seed: int) -> Method:
-        """The method of an ``MtlConfig`` (its name and the options that method takes)."""
-        options = {"beta": cfg.beta} if cfg.method == "gradvac" else {}
-        return make_method(cfg.method, num_tasks, seed=seed, **options)
-
-
-class Sum(Method):
-    """No surgery: the sum of the task gradients."""
-
-
-class PCGrad(Method):
-    """Yu et al. 2020: project g_i onto the normal plane of each g_j it conflicts with, in random order."""
-
-    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
-        c = torch.eye(self.num_tasks, dtype=torch.float64)
-        for i, order in enumerate(orders):
-            for j in order:
-                dot = c[i] @ gram[:, j]  # g'_i . g_j
-                if dot < 0 and gram[j, j] > 0:
-                    c[i, j] -= dot / gram[j, j]
-        return c
-
-
-class GradVac(Method):
-    """Wang et al. 2020: raise cos(g'_i, g_j) to an EMA target phi_ij (starting at 0, rate ``beta``)."""
-
-    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
-        if not 0 < beta <= 1:
-            raise ValueError(f"gradvac beta must be in (0, 1], got {beta}")
-        self.beta = beta
-        self.target = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
-
-    def combination(self, gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
-        c = torch.eye(self.num_tasks, dtype=torch.float64)
-        for i, order in enumerate(orders):
-            for j in order:
-                norm_i2, norm_j2 = c[i] @ gram @ c[i], gram[j, j]
-                if norm_i2 <= 0 or norm_j2 <= 0:
-                    continue  # cosine undefined for a zero gradient: no adjustment, target unchanged
-                phi = float((c[i] @ gram[:, j]) / math.sqrt(norm_i2 * norm_j2))
-                phi = max(-1.0, min(1.0, phi))
-                target = float(self.target[i, j])
-                if phi < target < 1:
-                    c[i, j] += (
-                        math.sqrt(norm_i2)
-                        * (target * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - target**2))
-                        / (math.sqrt(norm_j2) * math.sqrt(1 - target**2))
-                    )
-                self.target[i, j] = (1 - self.beta) * target + self.beta * phi
-        return c
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "target": self.target.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.target = state["target"].clone().to(torch.float64)
-
-
-METHODS: dict[str, type[Method]] = {"none": Sum, "pcgrad": PCGrad, "gradvac": GradVac}
-
-
-def make_method(name: str, num_tasks: int, **options) -> Method:
-    """``make_method("gradvac", 3, beta=0.01)``; options: seed, beta (gradvac)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown gradient-surgery method '{name}': expected one of {sorted(METHODS)}")
-    return METHODS[name](num_tasks, **options)
 
 
 def task_scales(micro_batches: Sequence[int], accum: int, reduction: Reduction) -> torch.Tensor:
@@ -143,11 +34,14 @@ def task_scales(micro_batches: Sequence[int], accum: int, reduction: Reduction) 
     return torch.where(n > 0, accum / (n.clamp(min=1) * max(present, 1)), torch.zeros_like(n))
 
 
-def combine(method: Method, gram: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def combine(
+    method: Method, gram: torch.Tensor, scales: torch.Tensor, present: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights w on the unscaled rows G, and the Gram matrix of the scaled rows D G that ``method`` saw:
-    ``w = method.weights(D M D) * d``, so that ``w @ G = method.weights(D M D) @ (D G)``."""
+    ``w = method.weights(D M D) * d``, so that ``w @ G = method.weights(D M D) @ (D G)``. ``present``: the
+    tasks with micro-batches in the step (the method leaves the others out)."""
     scaled = gram * scales[:, None] * scales[None, :]
-    return method.weights(scaled) * scales, scaled
+    return method.weights(scaled, present) * scales, scaled
 
 
 def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
@@ -161,9 +55,12 @@ def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
     return out
 
 
-def gram_stats(gram: torch.Tensor, weights: torch.Tensor, tasks: Sequence[str]) -> dict[str, float]:
+def gram_stats(
+    gram: torch.Tensor, weights: torch.Tensor, tasks: Sequence[str], residual: float | None = None
+) -> dict[str, float]:
     """TensorBoard scalars of one step: per-task gradient norms and weights, the task-pair cosines, the number
-    of conflicting pairs (negative cosine) and the norm of the combined gradient ``||w @ G||``."""
+    of conflicting pairs (negative cosine), the norm of the combined gradient ``||w @ G||`` and, for the
+    methods that solve a problem, the residual of its optimality conditions."""
     norms = gram.diagonal().clamp(min=0).sqrt()
     out = {f"mtl/grad_norm/{t}": float(norms[i]) for i, t in enumerate(tasks)}
     out |= {f"mtl/weight/{t}": float(weights[i]) for i, t in enumerate(tasks)}
@@ -177,4 +74,6 @@ def gram_stats(gram: torch.Tensor, weights: torch.Tensor, tasks: Sequence[str]) 
     out["mtl/conflicts"] = conflicts
     w = weights.to(gram.dtype)
     out["mtl/combined_norm"] = float((w @ gram @ w).clamp(min=0).sqrt())
+    if residual is not None:
+        out["mtl/solver_residual"] = residual
     return out
