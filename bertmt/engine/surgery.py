@@ -20,7 +20,7 @@ parameters' gradient without a second reduction.
   consecutive), plus the heads' gradients.
 
 A step that DeepSpeed skips (fp16 overflow) leaves the method's state (GradVac's targets, the task orders'
-generator) as it was, like the parameters.
+generator, Nash-MTL's warm start) as it was, like the parameters.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from bertmt.config import MtlConfig
 from bertmt.engine.preemption import Diverged
 from bertmt.engine.steps import PlainStep, Step
 from bertmt.engine.zero_partitions import backward_reduced, partition_grads
-from bertmt.mtl.gram import Method, combine, gram_matrix, gram_stats, task_scales
+from bertmt.mtl.gram import combine, gram_matrix, gram_stats, task_scales
+from bertmt.mtl.method import Method
 from bertmt.mtl.reduce import RowReducer, all_gather_row, all_reduce_gram, all_reduce_mean, world_size
 
 
@@ -66,7 +67,8 @@ class _Surgery(Step):
                 raise Diverged("non-finite task gradient in fp32/bf16 training: the run diverged")
             return Combined(torch.zeros(len(self.tasks), dtype=torch.float64), gram, False)
         micro_batches = [self.counts.get(t, 0) for t in self.tasks]
-        weights, _ = combine(self.method, gram, task_scales(micro_batches, self.accum, self.reduction))
+        scales = task_scales(micro_batches, self.accum, self.reduction)
+        weights, _ = combine(self.method, gram, scales, torch.tensor(micro_batches) > 0)
         return Combined(weights, gram, True)
 
     def _apply(self, gram: torch.Tensor, write) -> bool:
@@ -90,7 +92,9 @@ class _Surgery(Step):
         return shard
 
     def scalars(self) -> dict[str, float]:
-        return {} if self.last is None else gram_stats(self.last.gram, self.last.weights, self.tasks)
+        if self.last is None:
+            return {}
+        return gram_stats(self.last.gram, self.last.weights, self.tasks, self.method.residual)
 
     def state_dict(self) -> dict:
         return self.method.state_dict()

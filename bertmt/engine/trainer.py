@@ -33,6 +33,7 @@ from bertmt.engine.surgery import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.files import atomic_write
 from bertmt.model import load_tokenizer
+from bertmt.mtl.loss_weighting import weighting_from_config
 from bertmt.mtl.smart import Smart
 from bertmt.rundir import RunDir
 
@@ -82,6 +83,9 @@ class Trainer:
         self.opt_step = make_step(
             self.engine, list(self.samplers), cfg, shared_group_indices(self.engine.optimizer)
         )
+        steps_per_epoch = self.batches_per_epoch // cfg.train.grad_accum
+        self.weighting = weighting_from_config(cfg.mtl, list(self.samplers), steps_per_epoch)
+        self.loss_weights: dict[str, float] = {}  # the loss weighting's weights in this step
         self.smart = None
         if cfg.mtl.smart.enabled:  # under ZeRO-3 the teacher is a whole model of its own
             build = (lambda: build_model(cfg, init_from)) if cfg.train.zero_stage == 3 else None
@@ -154,6 +158,8 @@ class Trainer:
             self.opt_step.load_state_dict(client["surgery"])
         if self.smart is not None:
             self.smart.load_state_dict(client.get("smart", {}))
+        if self.weighting is not None:
+            self.weighting.load_state_dict(client["weighting"])
         for task, sampler in self.samplers.items():
             sampler.drawn = self.state.drawn[task]
         log.info(
@@ -171,17 +177,36 @@ class Trainer:
         st, accum = self.state, self.cfg.train.grad_accum
         tasks = [self.schedule.task_at(st.epoch, st.index + k, self.batches_per_epoch) for k in range(accum)]
         self.opt_step.begin(tasks)
+        if self.weighting is not None:
+            self.loss_weights = dict(zip(self.samplers, self.weighting.weights().tolist()))
         logged, tokens = [], 0
         for task in tasks:
             values, n_tokens = self._micro_batch(task)
             logged.append((task, values))
             tokens += n_tokens
             st.index += 1
-        self.opt_step.step()
+        applied = self.opt_step.step()
+        if self.weighting is not None:
+            self._update_weighting(logged, applied)
         if self.smart is not None:
             self.smart.update_teacher()
         st.step += 1
         return logged, tokens
+
+    def _update_weighting(self, logged: list[tuple[str, dict[str, float]]], applied: bool) -> None:
+        """Each task's mean loss over the step's micro-batches, averaged over ranks (one all-reduce of T
+        floats; every rank has the same micro-batch tasks), into the loss weighting after an applied step."""
+        tasks = list(self.samplers)
+        sums = torch.zeros(len(tasks), dtype=torch.float64)
+        counts = torch.zeros(len(tasks), dtype=torch.float64)
+        for task, values in logged:
+            sums[tasks.index(task)] += values["loss"]  # already times this rank's share of the batch
+            counts[tasks.index(task)] += 1
+        if self.world > 1:
+            dist.all_reduce(sums)
+        if applied:
+            present = (counts > 0).numpy()
+            self.weighting.update((sums / counts.clamp(min=1)).numpy(), present)
 
     def _micro_batch(self, task: str) -> tuple[dict[str, float], int]:
         """Forward and backward of one micro-batch of ``task``; its losses and number of real tokens."""
@@ -203,6 +228,7 @@ class Trainer:
             bad = [f"{task} {k} {v}" for k, v in logged.items() if not math.isfinite(v)]
             self._nonfinite = self._nonfinite or ", ".join(bad)
         logged = {k: v * share for k, v in logged.items()}  # averaged over ranks: the global-batch mean
+        weight *= self.loss_weights.get(task, 1.0)
         self.opt_step.backward(task, total * (weight * share))  # divided by grad_accum in the step
         return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
 
@@ -294,6 +320,8 @@ class Trainer:
             scalars["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
             scalars["train/skipped_steps"] = float(self.engine.skipped_steps)
         scalars |= self.opt_step.scalars()
+        if self.weighting is not None:
+            scalars |= self.weighting.scalars()
         self.writer.log(scalars, self.state.step)
         log.info(
             "step %d/%d  %s  lr %.2e  %.0f tok/s",
@@ -376,6 +404,8 @@ class Trainer:
             client["surgery"] = self.opt_step.state_dict()
         if self.smart is not None:
             client["smart"] = self.smart.state_dict()
+        if self.weighting is not None:
+            client["weighting"] = self.weighting.state_dict()
         ckpt.save_checkpoint(self.engine, self.run.checkpoints, f"step-{st.step}", client)
 
     def _finish(self, seconds: float) -> dict:

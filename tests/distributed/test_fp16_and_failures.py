@@ -70,7 +70,7 @@ def test_a_step_deepspeed_skips_leaves_the_surgery_state_unchanged(
     task-order generator do not advance."""
     extra = {
         "mtl.method": method,
-        "mtl.beta": 0.5,
+        "mtl.gradvac.beta": 0.5,
         "train.precision": "fp16",
         "train.zero_stage": 1,
         "train.loss_scale_hysteresis": 1,

@@ -36,8 +36,8 @@ CASES = {
     "pcgrad": {"mtl.method": "pcgrad"},
     "pcgrad-mean": {"mtl.method": "pcgrad", "mtl.reduction": "mean"},
     "pcgrad-mean-zero2": {"mtl.method": "pcgrad", "mtl.reduction": "mean", "train.zero_stage": 2},
-    "gradvac": {"mtl.method": "gradvac", "mtl.beta": 0.5},
-    "gradvac-zero3": {"mtl.method": "gradvac", "mtl.beta": 0.5, "train.zero_stage": 3},
+    "gradvac": {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5},
+    "gradvac-zero3": {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5, "train.zero_stage": 3},
     "pcgrad-pals-zero3": {"mtl.method": "pcgrad", "train.zero_stage": 3, "model.pals.enabled": True},
 }
 # bf16 (2 ranks; the fp32 reference at bf16's precision): the surgery path of every ZeRO stage
@@ -128,7 +128,7 @@ def _reference(pretrained, data, run_dir, micro_batches, accum: int, mtl: dict) 
     if method == "pcgrad":
         combined = naive_pcgrad(rows, orders)
     elif method == "gradvac":
-        combined = naive_gradvac(rows, orders, np.zeros((len(tasks), len(tasks))), mtl["mtl.beta"])
+        combined = naive_gradvac(rows, orders, np.zeros((len(tasks), len(tasks))), mtl["mtl.gradvac.beta"])
     else:
         combined = rows.sum(0)
     flat, offset = torch.from_numpy(combined).float(), 0

@@ -97,7 +97,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
     [
         {},
         # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule must resume too
-        {"mtl.method": "gradvac", "mtl.beta": 0.5, "schedule.kind": "annealed", "train.grad_accum": 3},
+        {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5, "schedule.kind": "annealed", "train.grad_accum": 3},
         # SMART's momentum teacher lives in the checkpoint, its noise draws from the saved RNG state
         {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0, "mtl.smart.epsilon": 1e-2},
     ],

@@ -1,8 +1,8 @@
 """``aligned_mtl`` (Senushkin et al. 2023, "Independent Component Alignment for Multi-Task Learning"): make
 the task gradients orthogonal with equal norms (the balance transformation ``B = sqrt(s) V S^-1/2 V^T`` of
-the Gram matrix's eigendecomposition on its numerical rank, s its smallest (``min``), median or mean
-(``rmse``) kept eigenvalue) and average them: ``w = B 1 / T``. Paper scale: the mean; bertmt: times the
-number of tasks."""
+the Gram matrix's eigendecomposition on its numerical rank, s its smallest (``min``), median (the lower
+of the middle two) or mean (``rmse``) kept eigenvalue) and average them: ``w = B 1 / T``. Paper scale:
+the mean; bertmt: times the number of tasks."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class AlignedMTL(Method):
         if not keep.any():
             return np.ones(t)  # all gradients zero: B = identity, as in the reference
         values, vectors = values[keep], vectors[:, keep]
-        scale = {"min": values.min(), "median": np.median(values), "rmse": values.mean()}[self.scale_mode]
+        lower_median = np.sort(values)[(len(values) - 1) // 2]  # as torch.median, which the reference uses
+        scale = {"min": values.min(), "median": lower_median, "rmse": values.mean()}[self.scale_mode]
         balance = np.sqrt(scale) * (vectors / np.sqrt(values)) @ vectors.T
         return balance @ np.ones(t)

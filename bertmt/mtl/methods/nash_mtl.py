@@ -43,7 +43,7 @@ class NashMTL(Method):
         return w
 
     def state_dict(self) -> dict:
-        return {"last": self.last.copy(), "steps": self.steps}
+        return {"last": self.last.tolist(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.last, self.steps = np.asarray(state["last"], dtype=np.float64).copy(), int(state["steps"])
