@@ -77,6 +77,8 @@ class UPGradOptions:
 
 @dataclass
 class DualProjOptions(UPGradOptions):
+    norm_eps: float = 1e-4  # a Gram matrix with a smaller trace counts as zero
+    reg_eps: float = 1e-4  # ridge on the trace-normalised Gram matrix, as in the reference
     section: ClassVar[str] = "dualproj"
 
 

@@ -221,12 +221,12 @@ def _registries():
     from bertmt.engine.optim import DECAYS
     from bertmt.model.bert import AttentionImpl
     from bertmt.model.heads import Pooling
-    from bertmt.mtl.gram import METHODS
+    from bertmt.mtl import METHODS, WEIGHTINGS
 
     return [
         ("optim.schedule", _choices(config.OptimConfig, "schedule"), set(DECAYS)),
         ("schedule.kind", _choices(config.ScheduleConfig, "kind"), set(KINDS)),
-        ("mtl.method", _choices(config.MtlConfig, "method"), set(METHODS)),
+        ("mtl.method", _choices(config.MtlConfig, "method"), set(METHODS) | set(WEIGHTINGS)),
         ("model.pooling", _choices(config.ModelConfig, "pooling"), set(typing.get_args(Pooling))),
         (
             "model.attention",
