@@ -1,6 +1,7 @@
 """Distributed equivalence (fp32, CPU, tiny model without dropout): 2 processes with per-rank batch b give
 the same per-step losses and final parameters as 1 process with batch 2b, for surgery methods none, pcgrad
-and gradvac and plain training at ZeRO 0-3, with gradient accumulation T = 3 (and 2T), round robin and a
+and gradvac and plain training at ZeRO 0-3, cagrad, upgrad, nash_mtl, mgda and the loss weighting famo at
+ZeRO 2, with gradient accumulation T = 3 (and 2T), round robin and a
 sampled (annealed) schedule (tasks drawn twice in a step or absent from it), on data whose passes end in
 odd-sized batches (one smaller than the world size) and runs that wrap a pass. Surgery with method none
 is plain training at every stage. The 2-rank runs' sharded dev evaluation scores every example once: their
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import NO_REPORTS, tiny_overrides
-from tests.e2e.helpers import QUICKSTART, bertmt, train_losses, train_many
+from tests.e2e.helpers import QUICKSTART, bertmt, scalars, train_losses, train_many
 
 MICRO_BATCHES = 18  # 6 per task: every task wraps its 4-batch pass
 GLOBAL_BATCH = 16
@@ -37,7 +38,7 @@ def _args(pretrained, data, run_dir, method: str, stage: int, batch: int) -> lis
         "run.log_every": 1,
         "train.zero_stage": stage,
         "mtl.method": method.replace("plain", "none"),
-        "mtl.surgery": method != "plain",
+        "mtl.surgery": method not in ("plain", "famo"),  # famo: a loss weighting, on the plain path
         "model.dropout": 0.0,
         "tasks.sst.test": None,
         "tasks.sts.test": None,
@@ -94,6 +95,9 @@ def _assert_same_training(got: Path, want: Path) -> None:
 CASES = [(m, s) for m in ("plain", "none", "pcgrad", "gradvac") for s in (0, 1, 2, 3)]  # grad_accum T = 3
 CASES += [("pcgrad:6", s) for s in (0, 1, 2, 3)] + [("gradvac:6", 1), ("gradvac:6", 3), ("none:6", 2)]
 CASES += [("plain+annealed", 2), ("gradvac+annealed", 1), ("pcgrad+annealed", 3)]
+# the Gram methods with a solver and a state, and a loss weighting (its state from rank-averaged losses);
+# mgda on the annealed schedule: an absent task is left out of the QP, not taken as a zero gradient
+CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "mgda+annealed")]
 
 
 @pytest.mark.parametrize("method, stage", CASES)  # plain: DeepSpeed's own accumulation
@@ -103,6 +107,16 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(method, stage, run, tiny_
     start = load_file(str(tiny_no_dropout / "model.safetensors"))
     query = "encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(_best(one)[f"encoder.{query}"], start[query])  # it trained
+
+
+def test_loss_weights_reach_the_gradient(run):
+    """FAMO's weights (logged per step, moving away from 1) change the training: not plain training."""
+    famo, plain = run("famo", 2, 1), run("plain", 2, 1)
+    weights = scalars(famo, "mtl/weight/sts")
+    assert len(weights) >= 5 and max(abs(w - 1) for w in weights[1:]) > 1e-3, weights
+    assert len(set(scalars(famo, "mtl/famo/logit/sst"))) > 2
+    query = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(_best(famo)[query], _best(plain)[query], rtol=1e-6, atol=1e-7)
 
 
 def _dev_predictions(run_dir: Path) -> dict[str, np.ndarray]:

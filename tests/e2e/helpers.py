@@ -86,3 +86,12 @@ def train_losses(run_dir: Path) -> dict[str, list[float]]:
         for tag in events.Tags()["scalars"]
         if tag.startswith("train/") and tag.endswith("/loss")
     }
+
+
+def scalars(run_dir: Path, tag: str) -> list[float]:
+    """One TensorBoard scalar of a run, every logged value in step order, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]

@@ -96,12 +96,24 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
     "variant",
     [
         {},
-        # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule must resume too
-        {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5, "schedule.kind": "annealed", "train.grad_accum": 3},
+        # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule resume too
+        {
+            "mtl.method": "gradvac",
+            "mtl.gradvac.beta": 0.5,
+            "schedule.kind": "annealed",
+            "train.grad_accum": 3,
+        },
         # SMART's momentum teacher lives in the checkpoint, its noise draws from the saved RNG state
         {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0, "mtl.smart.epsilon": 1e-2},
+        # Nash-MTL's warm start and step count (weights reused every other step)
+        {"mtl.method": "nash_mtl", "mtl.nash_mtl.update_weights_every": 2, "train.grad_accum": 3},
+        # the loss weightings' state: FAMO's logits, Adam moments and last losses; UW's log-variances and
+        # Adam moments; DWA's running window and window means (windows of 1 step: it changes every step)
+        {"mtl.method": "famo", "mtl.famo.lr": 0.5},
+        {"mtl.method": "uw", "mtl.uw.lr": 0.5},
+        {"mtl.method": "dwa", "mtl.dwa.window": 1},
     ],
-    ids=["plain", "gradvac-annealed", "smart"],
+    ids=["plain", "gradvac-annealed", "smart", "nash_mtl", "famo", "uw", "dwa"],
 )
 def test_killed_and_resumed_run_matches_uninterrupted(
     variant, tiny_pretrained, small_data, tmp_path, request

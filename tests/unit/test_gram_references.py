@@ -79,7 +79,8 @@ def test_closed_form_methods_match_torchjd(j):
     tol = conditioned(j, 1e-8)
     close(ours("imtlg", j), reference(torchjd.IMTLG(), j), j, tol)
     for mode in ("min", "median", "rmse"):
-        close(ours("aligned_mtl", j, scale_mode=mode), reference(torchjd.AlignedMTL(scale_mode=mode), j), j, tol)
+        want = reference(torchjd.AlignedMTL(scale_mode=mode), j)
+        close(ours("aligned_mtl", j, scale_mode=mode), want, j, tol)
 
 
 @settings(max_examples=40, deadline=None)
@@ -92,7 +93,8 @@ def test_cagrad_matches_torchjd(j, c):
         return
     close(ours("cagrad", j, c=c), reference(torchjd.CAGrad(c=c), j), j, 1e-3)  # seen: 1.1e-4 (c = 1)
     # and bertmt's dual solution is at least as good: the reference's w, read back off its weights
-    # (1/T + r w with sum(w) = 1; the interior point's ~1e-10 negatives clipped), never has a lower objective g_0^T g_w + c ||g_0|| ||g_w||
+    # (1/T + r w with sum(w) = 1; the interior point's ~1e-10 negatives clipped), never has a lower
+    # objective g_0^T g_w + c ||g_0|| ||g_w||
     t, gram = len(j), j @ j.T / np.trace(j @ j.T)
     radius = c * np.sqrt(gram.sum()) / t
 
@@ -112,7 +114,8 @@ def brute_force_min_norm(gram: np.ndarray) -> float:
     for size in range(1, t + 1):
         for support in itertools.combinations(range(t), size):
             s = list(support)
-            kkt = np.block([[2 * gram[np.ix_(s, s)], np.ones((size, 1))], [np.ones((1, size)), np.zeros((1, 1))]])
+            ones = np.ones((size, 1))
+            kkt = np.block([[2 * gram[np.ix_(s, s)], ones], [ones.T, np.zeros((1, 1))]])
             rhs = np.r_[np.zeros(size), 1.0]
             sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:size]
             if sol.min() >= -1e-12 and abs(sol.sum() - 1) < 1e-9:
