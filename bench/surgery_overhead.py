@@ -1,10 +1,12 @@
-"""Cost of gradient surgery (pcgrad, gradvac) against plain training on MiniLM with real batches, 1 and 2
-processes, at a ZeRO stage: median step time, bytes handed to collectives per step (every torch.distributed
-collective counted, bertmt/engine/comm_stats.py) and peak RSS per rank; plus a straightforward per-parameter
-implementation (T backward passes with retain_graph, Python loops over parameters, one collective per
-parameter per task) as the baseline the field uses (ZeRO 0 only: it steps a torch optimiser itself).
+"""Cost of every multitask method (the Gram methods on the surgery path, the loss weightings on the plain
+path) against plain training on MiniLM with real batches, 1 and 2 processes, at a ZeRO stage: median step
+time, the median time of the method's T x T solve (``Method.weights``), bytes handed to collectives per step
+(every torch.distributed collective counted, bertmt/engine/comm_stats.py) and peak RSS per rank; plus a
+straightforward per-parameter implementation (T backward passes with retain_graph, Python loops over
+parameters, one collective per parameter per task) as the baseline the field uses (ZeRO 0 only: it steps
+a torch optimiser itself).
 
-    python bench/surgery_overhead.py [--zero-stage 2] [--steps 5] [--batch-size 16]  # launches every variant
+    python bench/surgery_overhead.py [--zero-stage 2] [--steps 5] [--batch-size 16] [--variants plain mgda]
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from common import TRAIN_FILES, data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = list(TRAIN_FILES)
-VARIANTS = ["plain", "pcgrad", "gradvac", "naive-pcgrad"]
+
+
+def _variants() -> list[str]:
+    from bertmt.mtl import METHODS, WEIGHTINGS
+
+    gram = sorted((m for m in METHODS if m != "none"), key=lambda m: (m not in ("pcgrad", "gradvac"), m))
+    return ["plain", *gram, *WEIGHTINGS, "naive-pcgrad"]
 
 
 def _trainer(method: str, batch: int, run_dir: str, stage: int):
@@ -44,6 +52,7 @@ def _trainer(method: str, batch: int, run_dir: str, stage: int):
         "tasks.sst.test=null",
         "tasks.sts.test=null",
         f"mtl.method={method.replace('naive-', '').replace('plain', 'none')}",
+        f"mtl.dwa.window={10 if method == 'dwa' else 0}",
         "run.log_every=1000",
         f"train.zero_stage={stage}",
     ]
@@ -104,7 +113,18 @@ def worker(method: str, steps: int, batch: int, out: str, stage: int) -> None:
             if method.startswith("naive")
             else None
         )
-        times, sent = [], []
+        times, sent, solves = [], [], []
+        method = getattr(trainer.opt_step, "method", None)
+        if method is not None:  # time the T x T solve inside the step
+            weights = method.weights
+
+            def timed(*a, **k):
+                start = time.perf_counter()
+                out = weights(*a, **k)
+                solves.append(time.perf_counter() - start)
+                return out
+
+            method.weights = timed
         for _ in range(steps + 1):  # the first step warms up
             before = counter.snapshot()
             start = time.perf_counter()
@@ -126,6 +146,7 @@ def worker(method: str, steps: int, batch: int, out: str, stage: int) -> None:
                 "step_s": sorted(times[1:])[len(times[1:]) // 2],
                 "bytes": sorted(sent[1:])[len(sent[1:]) // 2],
                 "rss": max(float(p) for p in peak),
+                "solve_s": sorted(solves[1:])[len(solves[1:]) // 2] if len(solves) > 1 else None,
             }
             Path(out).write_text(json.dumps(result))
         trainer.close()
@@ -168,6 +189,7 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--out")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--variants", nargs="+", help="default: every method (naive-pcgrad at ZeRO 0 only)")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.steps, args.batch_size, args.out, args.zero_stage)
@@ -175,19 +197,25 @@ def main() -> None:
         f"MiniLM-L6, 3 tasks, one real micro-batch of {args.batch_size} per task per optimiser step "
         f"(grad_accum 3), max_length 64, median of {args.steps} steps; 2 cores; ZeRO {args.zero_stage}"
     )
-    variants = VARIANTS if args.zero_stage == 0 else VARIANTS[:-1]
+    variants = args.variants or [v for v in _variants() if args.zero_stage == 0 or not v.startswith("naive")]
+    if "plain" not in variants:
+        variants = ["plain", *variants]
     for nproc in args.nproc:
-        res = {v: launch(v, nproc, args) for v in variants}
-        base = res["plain"]
+        res = {}
         print(
-            f"\n{nproc} process(es):  {'ms/step':>8} {'x plain':>8} {'MB sent/step':>13} {'x plain':>8} "
-            f"{'peak RSS/rank MB':>17}"
+            f"\n{nproc} process(es):  {'ms/step':>8} {'x plain':>8} {'solve ms':>9} {'MB sent/step':>13} "
+            f"{'x plain':>8} {'peak RSS/rank MB':>17}",
+            flush=True,
         )
-        for v, r in res.items():
+        for v in variants:
+            r = res[v] = launch(v, nproc, args)
+            base = res["plain"]
             ratio = f"{r['bytes'] / base['bytes']:8.3f}" if base["bytes"] else f"{'-':>8}"
+            solve = f"{r['solve_s'] * 1000:9.2f}" if r["solve_s"] is not None else f"{'-':>9}"
             print(
-                f"  {v:<14} {r['step_s'] * 1000:8.0f} {r['step_s'] / base['step_s']:8.2f} "
-                f"{r['bytes'] / 1e6:13.2f} {ratio} {r['rss'] / 2**20:17.0f}"
+                f"  {v:<14} {r['step_s'] * 1000:8.0f} {r['step_s'] / base['step_s']:8.2f} {solve} "
+                f"{r['bytes'] / 1e6:13.2f} {ratio} {r['rss'] / 2**20:17.0f}",
+                flush=True,
             )
 
 
