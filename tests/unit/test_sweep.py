@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bertmt.config import ConfigError
-from launch.summary import write_summary
+from launch.summary import collect, over_seeds, write_summary
 from launch.sweep import load_sweep, write_sweep_files
 from tests.e2e.helpers import QUICKSTART
 
@@ -68,3 +68,26 @@ def test_summary_sorts_by_overall_and_marks_runs_that_did_not_finish(tmp_path):
     assert rows[0][0] == "| 1" and rows[0][3] == "0.7200" and rows[2][0] == "| -"
     assert csv_path.read_text().splitlines()[3].split(",")[2] == "failed"
     assert md.read_text() == markdown
+
+
+def test_summary_gives_mean_and_sample_std_over_seeds_per_setting(tmp_path):
+    """Runs that differ only in run.seed form one row of mean +- std; a setting with one finished run and
+    unfinished runs are left out of that table."""
+    grid = {"run.seed": [1, 2, 3], "optim.lr": [1e-4, 1e-5]}
+    sweep = load_sweep(_sweep(tmp_path, grid=grid))
+    write_sweep_files(sweep)
+    scores = {0: 0.70, 1: 0.72, 2: 0.74, 4: 0.60}  # lr 1e-4: seeds 1-3; lr 1e-5: seed 2 only
+    for i, overall in scores.items():
+        d = tmp_path / "sweep" / sweep.runs[i].name
+        d.mkdir()
+        metrics = {"sts": {"pearson": overall / 2}, "overall": overall}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "train.log").write_text(f"x INFO finished in {100 + i} s; best epoch 1\n")
+    groups = over_seeds(collect(tmp_path / "sweep"))
+    assert len(groups) == 1 and groups[0]["seeds"] == 3 and "seed" not in groups[0]["overrides"]
+    mean, std = groups[0]["overall"]
+    assert mean == pytest.approx(0.72) and std == pytest.approx(0.02)  # sample std (n - 1)
+    assert groups[0]["sts/pearson"] == pytest.approx((0.36, 0.01))
+    assert groups[0]["train_s"] == pytest.approx((101.0, 1.0))
+    markdown, _, _ = write_summary(tmp_path / "sweep")
+    assert "## Over seeds (mean +- sample std)" in markdown and "0.7200 +- 0.0200" in markdown
