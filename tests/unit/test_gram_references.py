@@ -1,7 +1,8 @@
 """The Gram-matrix methods against independent references: TorchJD 0.18's weightings (quadprog, Clarabel,
 ECOS and scipy solvers; test extra only), an exhaustive active-set solution of MGDA's QP with its KKT
 conditions, and the defining equations of Nash-MTL and FairGrad. Compared as combined gradients ``w @ J``,
-bertmt's on the sum scale divided by the number of tasks where the paper's scale is the mean (README)."""
+bertmt's on the sum scale divided by the number of tasks where the paper's scale is the mean (README).
+The examples are derandomized (the same in every CI run); random rounds passed locally before that."""
 
 from __future__ import annotations
 
@@ -66,14 +67,14 @@ def close(got: np.ndarray, want: np.ndarray, j: np.ndarray, tol: float) -> None:
     assert np.linalg.norm(got - want) / scale < tol, (got, want)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(jacobians())
 def test_projection_methods_match_torchjd(j):
     close(ours("upgrad", j), reference(torchjd.UPGrad(), j), j, 1e-8)
     close(ours("dualproj", j), reference(torchjd.DualProj(), j), j, 1e-8)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(jacobians())
 def test_closed_form_methods_match_torchjd(j):
     tol = conditioned(j, 1e-8)
@@ -83,7 +84,7 @@ def test_closed_form_methods_match_torchjd(j):
         close(ours("aligned_mtl", j, scale_mode=mode), want, j, tol)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(jacobians(), st.sampled_from([0.0, 0.4, 1.0]))
 def test_cagrad_matches_torchjd(j, c):
     """TorchJD solves the dual by Clarabel's interior point (tolerance ~1e-8); bertmt exactly (Brent). c = 0
@@ -125,7 +126,7 @@ def brute_force_min_norm(gram: np.ndarray) -> float:
     return best
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=True)
 @given(jacobians())
 def test_mgda_is_the_exact_min_norm_point_and_satisfies_kkt(j):
     gram = j @ j.T
@@ -164,7 +165,7 @@ def pareto_stationary(j: np.ndarray) -> bool:
     return float(np.linalg.norm(w @ unit / len(unit))) <= 1e-6
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(jacobians())
 def test_nash_mtl_solves_its_defining_condition_and_matches_torchjd(j):
     method = make_method("nash_mtl", len(j), max_norm=0.0)
@@ -182,7 +183,7 @@ def test_nash_mtl_solves_its_defining_condition_and_matches_torchjd(j):
     close(w @ j, ref_w @ j, j, 1e-3)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(jacobians(), st.sampled_from([0.5, 1.0, 2.0]))
 def test_fairgrad_solves_its_defining_condition_and_matches_torchjd(j, alpha):
     method = make_method("fairgrad", len(j), alpha=alpha)
