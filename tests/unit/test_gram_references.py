@@ -12,12 +12,11 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+import torchjd.aggregation as torchjd  # the test extra pins it: a missing reference fails, not skips
 from hypothesis import assume, given, settings
 
 from bertmt.mtl import METHODS, make_method
 from bertmt.mtl.method import options_of
-
-import torchjd.aggregation as torchjd  # the test extra pins it: a missing reference fails, not skips
 
 MEAN_SCALE = {"mgda", "cagrad", "imtlg", "aligned_mtl", "upgrad", "dualproj"}  # bertmt: times T
 
