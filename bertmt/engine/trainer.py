@@ -200,13 +200,13 @@ class Trainer:
         sums = torch.zeros(len(tasks), dtype=torch.float64)
         counts = torch.zeros(len(tasks), dtype=torch.float64)
         for task, values in logged:
-            sums[tasks.index(task)] += values["loss"]  # already times this rank's share of the batch
+            sums[tasks.index(task)] += values["loss"]  # times this rank's share n_r W / N of the batch
             counts[tasks.index(task)] += 1
         if self.world > 1:
-            dist.all_reduce(sums)
+            dist.all_reduce(sums)  # sum_r n_r W / N L_r = W x the global-batch mean
         if applied:
             present = (counts > 0).numpy()
-            self.weighting.update((sums / counts.clamp(min=1)).numpy(), present)
+            self.weighting.update((sums / (counts.clamp(min=1) * self.world)).numpy(), present)
 
     def _micro_batch(self, task: str) -> tuple[dict[str, float], int]:
         """Forward and backward of one micro-batch of ``task``; its losses and number of real tokens."""

@@ -1,7 +1,7 @@
 """Distributed equivalence (fp32, CPU, tiny model without dropout): 2 processes with per-rank batch b give
 the same per-step losses and final parameters as 1 process with batch 2b, for surgery methods none, pcgrad
-and gradvac and plain training at ZeRO 0-3, cagrad, upgrad, nash_mtl, mgda and the loss weighting famo at
-ZeRO 2, with gradient accumulation T = 3 (and 2T), round robin and a
+and gradvac and plain training at ZeRO 0-3, cagrad, upgrad, nash_mtl, mgda and the loss weightings famo, uw
+and dwa at ZeRO 2, with gradient accumulation T = 3 (and 2T), round robin and a
 sampled (annealed) schedule (tasks drawn twice in a step or absent from it), on data whose passes end in
 odd-sized batches (one smaller than the world size) and runs that wrap a pass. Surgery with method none
 is plain training at every stage. The 2-rank runs' sharded dev evaluation scores every example once: their
@@ -38,7 +38,9 @@ def _args(pretrained, data, run_dir, method: str, stage: int, batch: int) -> lis
         "run.log_every": 1,
         "train.zero_stage": stage,
         "mtl.method": method.replace("plain", "none"),
-        "mtl.surgery": method not in ("plain", "famo"),  # famo: a loss weighting, on the plain path
+        "mtl.surgery": method not in ("plain", "famo", "uw", "dwa"),  # loss weightings: the plain path
+        "mtl.dwa.window": 1,  # dwa: a new window every step
+        "mtl.uw.lr": 0.5,  # uw: log-variances that move enough to show a wrong loss average
         "model.dropout": 0.0,
         "tasks.sst.test": None,
         "tasks.sts.test": None,
@@ -97,7 +99,7 @@ CASES += [("pcgrad:6", s) for s in (0, 1, 2, 3)] + [("gradvac:6", 1), ("gradvac:
 CASES += [("plain+annealed", 2), ("gradvac+annealed", 1), ("pcgrad+annealed", 3)]
 # the Gram methods with a solver and a state, and a loss weighting (its state from rank-averaged losses);
 # mgda on the annealed schedule: an absent task is left out of the QP, not taken as a zero gradient
-CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "mgda+annealed")]
+CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "uw", "dwa", "mgda+annealed")]
 
 
 @pytest.mark.parametrize("method, stage", CASES)  # plain: DeepSpeed's own accumulation
