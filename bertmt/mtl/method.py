@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
+import math
 
 import numpy as np
 import torch
 
 METHODS: dict[str, type[Method]] = {}
+log = logging.getLogger(__name__)
 
 
 def register(name: str):
@@ -86,6 +89,17 @@ class Method:
         section = getattr(cfg, cfg.gram_method, None)
         options = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else {}
         return make_method(cfg.gram_method, num_tasks, seed=seed, **options)
+
+
+def warn_unsolved(method: Method, tolerance: float = 1e-6) -> None:
+    """Log (once per method object) a solve whose optimality residual exceeds ``tolerance``; an infinite one
+    is a Pareto-stationary point (no solution: zero weights), said once too."""
+    r = method.residual
+    if r is None or r <= tolerance or getattr(method, "_warned", False):
+        return
+    method._warned = True
+    what = "no solution at a Pareto-stationary point: zero weights" if math.isinf(r) else f"residual {r:.2e}"
+    log.warning("%s: %s (logged as mtl/solver_residual; said once)", method.name, what)
 
 
 def options_of(cls: type[Method]) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertmt.mtl.method import Method, register
+from bertmt.mtl.method import Method, register, warn_unsolved
 from bertmt.mtl.solvers import fair_weights
 
 
@@ -26,4 +26,5 @@ class FairGrad(Method):
             self.residual = 0.0
             return np.ones(len(tasks))
         w, self.residual = fair_weights(gram, self.alpha)
+        warn_unsolved(self)
         return w

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertmt.mtl.method import Method, register
+from bertmt.mtl.method import Method, register, warn_unsolved
 from bertmt.mtl.solvers import fair_weights
 
 
@@ -32,6 +32,7 @@ class NashMTL(Method):
     def solve(self, gram: np.ndarray, tasks: np.ndarray) -> np.ndarray:
         if self.steps % self.update_weights_every == 0:
             w, self.residual = fair_weights(gram, 1.0, start=self.last[tasks])
+            warn_unsolved(self)
             if np.isfinite(self.residual):
                 self.last[tasks] = w
         else:
