@@ -5,7 +5,7 @@ at ZeRO 0-3, 2 processes, to bf16 precision) save the gradient the engine holds 
 step's micro-batches (tests/distributed/worker.py). The reference takes the initial model, runs the same
 global micro-batches in plain torch (loss = mean over the batch, / grad_accum), and combines per-task
 gradients of the encoder with the naive vector implementations of PCGrad and GradVac
-(tests/unit/test_gram_methods.py): a wrong scale (sum instead of mean over ranks, a missing 1/grad_accum, a
+(tests/unit/test_gram_methods.py) and the closed-form min-norm point of two gradients (MGDA): a wrong scale (sum instead of mean over ranks, a missing 1/grad_accum, a
 per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would hide it.
 """
 
@@ -39,6 +39,14 @@ CASES = {
     "gradvac": {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5},
     "gradvac-zero3": {"mtl.method": "gradvac", "mtl.gradvac.beta": 0.5, "train.zero_stage": 3},
     "pcgrad-pals-zero3": {"mtl.method": "pcgrad", "train.zero_stage": 3, "model.pals.enabled": True},
+    # two micro-batches: sts is absent from the step and must be left out of MGDA's min-norm problem
+    # (as a zero row it would be the min-norm point: no update at all)
+    "mgda-absent-zero2": {
+        "mtl.method": "mgda",
+        "train.zero_stage": 2,
+        "train.grad_accum": 2,
+        "train.batches_per_epoch": 2,
+    },
 }
 # bf16 (2 ranks; the fp32 reference at bf16's precision): the surgery path of every ZeRO stage
 BF16 = {
@@ -129,6 +137,10 @@ def _reference(pretrained, data, run_dir, micro_batches, accum: int, mtl: dict) 
         combined = naive_pcgrad(rows, orders)
     elif method == "gradvac":
         combined = naive_gradvac(rows, orders, np.zeros((len(tasks), len(tasks))), mtl["mtl.gradvac.beta"])
+    elif method == "mgda":  # the two present tasks: min over gamma of ||gamma g1 + (1 - gamma) g2||, times 2
+        g1, g2 = (rows[i] for i, t in enumerate(tasks) if drawn[t])
+        gamma = np.clip((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0.0, 1.0)
+        combined = 2 * (gamma * g1 + (1 - gamma) * g2)
     else:
         combined = rows.sum(0)
     flat, offset = torch.from_numpy(combined).float(), 0
@@ -145,9 +157,10 @@ def test_first_step_gradient_equals_the_torch_reference(
     case, nproc, engine_gradient, tiny_no_dropout, odd_data, tmp_path
 ):
     got = engine_gradient(case, nproc)
-    assert [task for task, _, _ in got["micro_batches"]] == ["sst", "quora", "sts", "sst"]
+    accum = CASES[case].get("train.grad_accum", ACCUM)
+    assert [task for task, _, _ in got["micro_batches"]] == ["sst", "quora", "sts", "sst"][:accum]
     micro = engine_gradient(case, 1)["micro_batches"]  # the global batches (2 ranks hold halves)
-    want = _reference(tiny_no_dropout, odd_data, tmp_path, micro, ACCUM, CASES[case])
+    want = _reference(tiny_no_dropout, odd_data, tmp_path, micro, accum, CASES[case])
     assert got["grads"].keys() == want.keys()
     for name, w in want.items():
         g = got["grads"][name]
