@@ -7,6 +7,7 @@ parameters, one collective per parameter per task) as the baseline the field use
 a torch optimiser itself).
 
     python bench/surgery_overhead.py [--zero-stage 2] [--steps 5] [--batch-size 16] [--variants plain mgda]
+    python bench/surgery_overhead.py --solve-only [--tasks 3]   # only the T x T solves, no model
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ def worker(method: str, steps: int, batch: int, out: str, stage: int) -> None:
         trainer.close()
 
 
+def solve_only(tasks: int, repeats: int = 200) -> None:
+    """Median and max milliseconds of each Gram method's ``weights`` on T x T Gram matrices of random
+    1000-dimensional gradients (one pair of tasks conflicting); the solve does not depend on D."""
+    import numpy as np
+
+    from bertmt.mtl import METHODS, make_method
+
+    rng = np.random.default_rng(0)
+    grams = []
+    for _ in range(repeats):
+        g = rng.normal(size=(tasks, 1000))
+        g[1] = -0.5 * g[0] + rng.normal(size=1000)
+        grams.append(torch.from_numpy(g @ g.T))
+    print(f"T = {tasks}: milliseconds per solve over {repeats} Gram matrices (median, max)")
+    for name in sorted(METHODS):
+        method, times = make_method(name, tasks), []
+        for gram in grams:
+            start = time.perf_counter()
+            method.weights(gram)
+            times.append((time.perf_counter() - start) * 1000)
+        print(f"  {name:<12} {sorted(times)[len(times) // 2]:8.3f} {max(times):8.3f}")
+
+
 def launch(method: str, nproc: int, args) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
     script = [
@@ -190,7 +214,11 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", help="default: every method (naive-pcgrad at ZeRO 0 only)")
+    parser.add_argument("--solve-only", action="store_true", help="time the T x T solves alone")
+    parser.add_argument("--tasks", type=int, default=3, help="--solve-only: T")
     args = parser.parse_args()
+    if args.solve_only:
+        return solve_only(args.tasks)
     if args.worker:
         return worker(args.worker, args.steps, args.batch_size, args.out, args.zero_stage)
     print(
