@@ -5,8 +5,9 @@ at ZeRO 0-3, 2 processes, to bf16 precision) save the gradient the engine holds 
 step's micro-batches (tests/distributed/worker.py). The reference takes the initial model, runs the same
 global micro-batches in plain torch (loss = mean over the batch, / grad_accum), and combines per-task
 gradients of the encoder with the naive vector implementations of PCGrad and GradVac
-(tests/unit/test_gram_methods.py) and the closed-form min-norm point of two gradients (MGDA): a wrong scale (sum instead of mean over ranks, a missing 1/grad_accum, a
-per-rank instead of a global-batch mean) or a wrong combination fails here, where AdamW would hide it.
+(tests/unit/test_gram_methods.py) and the closed-form min-norm point of two gradients (MGDA): a wrong
+scale (sum instead of mean over ranks, a missing 1/grad_accum, a per-rank instead of a global-batch mean)
+or a wrong combination fails here, where AdamW would hide it.
 """
 
 from __future__ import annotations
