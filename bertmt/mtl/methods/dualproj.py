@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertmt.mtl.method import Method, register
-from bertmt.mtl.methods.upgrad import check_eps, regularised
+from bertmt.mtl.method import register
+from bertmt.mtl.methods.upgrad import UPGrad, regularised
 from bertmt.mtl.solvers import project_dual_cone
 
 
 @register("dualproj")
-class DualProj(Method):
-    def __init__(self, num_tasks: int, norm_eps: float = 1e-4, reg_eps: float = 1e-4, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
-        check_eps("dualproj", norm_eps, reg_eps)
-        self.norm_eps, self.reg_eps = norm_eps, reg_eps
+class DualProj(UPGrad):
+    """UPGrad's options and conditioning; one projection, of the mean."""
 
     def solve(self, gram: np.ndarray, tasks: np.ndarray) -> np.ndarray:
         g = regularised(gram, self.norm_eps, self.reg_eps)

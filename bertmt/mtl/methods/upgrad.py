@@ -19,16 +19,12 @@ def regularised(gram: np.ndarray, norm_eps: float, reg_eps: float) -> np.ndarray
     return g + reg_eps * np.eye(len(g))
 
 
-def check_eps(name: str, norm_eps: float, reg_eps: float) -> None:
-    if norm_eps < 0 or reg_eps < 0:
-        raise ValueError(f"{name} norm_eps and reg_eps must be >= 0, got {norm_eps} and {reg_eps}")
-
-
 @register("upgrad")
 class UPGrad(Method):
     def __init__(self, num_tasks: int, norm_eps: float = 1e-4, reg_eps: float = 1e-4, seed: int = 0) -> None:
         super().__init__(num_tasks, seed)
-        check_eps("upgrad", norm_eps, reg_eps)
+        if norm_eps < 0 or reg_eps < 0:
+            raise ValueError(f"{self.name} norm_eps and reg_eps must be >= 0, got {norm_eps} and {reg_eps}")
         self.norm_eps, self.reg_eps = norm_eps, reg_eps
 
     def solve(self, gram: np.ndarray, tasks: np.ndarray) -> np.ndarray:
