@@ -1,6 +1,6 @@
 """Command line: parses and dispatches. ``bertmt train|eval|predict|export`` (bertmt/run.py), ``keys``
-(bertmt/config/keys.py) and ``submit|sweep|sweep-summary|hostfile`` (clusters; these import no torch,
-deepspeed or model code)."""
+(bertmt/config/keys.py) and ``submit|sweep|sweep-summary|tune|tune-summary|hostfile`` (clusters; these
+import no torch, deepspeed or model code; ``tune-worker`` trains)."""
 
 from __future__ import annotations
 
@@ -125,6 +125,44 @@ def cmd_sweep_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from launch import tune
+    from launch.tune_spec import load_tune
+
+    spec = load_tune(args.tune, args.overrides, args.trials, args.workers)
+    if args.backend == "submitit" and args.cluster == "slurm":
+        spec.slurm["signal"] = "USR2"  # Submitit's own signal
+    if args.dry_run:
+        print(tune.render_array(spec) if args.backend == "sbatch" else spec.to_json())
+        return 0
+    tune.prepare(spec)
+    print(f"study {spec.study_name}: {spec.trials} trials, {spec.workers} worker(s); directory {spec.dir}")
+    if args.backend == "local":
+        code = tune.run_local(spec)
+        cmd_tune_summary(argparse.Namespace(study_dir=spec.dir))
+        return code
+    if args.backend == "sbatch":
+        print(f"submitted batch job {tune.submit_sbatch(spec)}; `bertmt tune-summary {spec.dir}` shows it")
+        return 0
+    jobs = tune.submit_submitit(spec, args.cluster)
+    print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0]}); study directory {spec.dir}")
+    return 0
+
+
+def cmd_tune_worker(args: argparse.Namespace) -> int:
+    from launch.tune_worker import work
+
+    return work(args.study_dir, args.worker)
+
+
+def cmd_tune_summary(args: argparse.Namespace) -> int:
+    from launch.tune_summary import write_summary
+
+    markdown, md, csv_path, plots = write_summary(Path(args.study_dir))
+    print(markdown + f"\nwritten: {md}, {csv_path}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
 def cmd_hostfile(args: argparse.Namespace) -> int:
     from launch.hostfile import hostfile
 
@@ -201,6 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep-summary", help="one table of a sweep's runs, best dev overall score first")
     p.add_argument("sweep_dir")
     p.set_defaults(func=cmd_sweep_summary)
+    p = sub.add_parser(
+        "tune", help="an Optuna search with pruning over a SLURM job array (or local processes)"
+    )
+    p.add_argument("tune", help="a TUNE.yaml (see launch/tune_spec.py)")
+    p.add_argument("overrides", nargs="*", help="config overrides for every trial")
+    p.add_argument("--backend", choices=["local", "sbatch", "submitit"], default="sbatch")
+    p.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm", help="for submitit")
+    p.add_argument("--workers", type=int, default=None, help="array tasks / processes (default: the file's)")
+    p.add_argument("--trials", type=int, default=None, help="finished trials to reach (default: the file's)")
+    p.add_argument("--dry-run", action="store_true", help="print the array script (sbatch) or the spec")
+    p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("tune-worker", help="one worker of a study (started by bertmt tune)")
+    p.add_argument("study_dir")
+    p.add_argument(
+        "--worker", default=None, help="worker id (default: from SLURM's array task, else host-pid)"
+    )
+    p.set_defaults(func=cmd_tune_worker)
+    p = sub.add_parser("tune-summary", help="a study's trials, best first, its best config and plots")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_tune_summary)
     p = sub.add_parser("hostfile", help="deepspeed hostfile from a SLURM node list ($SLURM_JOB_NODELIST)")
     p.add_argument("nodelist", nargs="?")
     p.add_argument("--slots", type=int, required=True, help="ranks (GPUs) per node")
@@ -215,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    if args.command != "train":
+    if args.command not in ("train", "tune-worker"):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -5,7 +5,8 @@ trainer and the model are imported when a run starts).
 Exit codes of :func:`train`: 0 finished, 1 failed (failed.json says why), 2 configuration refused,
 3 stopped at a checkpoint by a signal (run the same command to resume), 4 the same and the SLURM job was
 requeued (it resumes by itself), 5 diverged (non-finite loss or gradient; the last checkpoint is the last
-good state), 6 the run directory is in use by another trainer.
+good state), 6 the run directory is in use by another trainer, 7 pruned (an ``on_epoch`` callback, a study's
+pruner, stopped it after an epoch; pruned.json says which).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bertmt.rundir import RunDir, RunLocked
 
 log = logging.getLogger("bertmt")
 EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED, EXIT_REQUEUED, EXIT_DIVERGED, EXIT_LOCKED = 1, 2, 3, 4, 5, 6
+EXIT_PRUNED = 7
 
 # keys a restarted run may change: they do not alter what is trained (every other change is refused)
 HARMLESS_KEYS = (
@@ -95,9 +97,12 @@ def _record_changes(run: RunDir, changes: dict[str, tuple]) -> None:
 # ----------------------------------------------------------------------------------------------- train
 
 
-def train(cfg: ExperimentConfig, allow_config_change: bool = False) -> int:
+def train(cfg: ExperimentConfig, allow_config_change: bool = False, on_epoch=None) -> int:
     """Train the run of ``cfg`` (or resume it) and write its predictions and reports; returns the exit code.
-    Every rank calls this; rank 0 holds the run directory's lock."""
+    Every rank calls this; rank 0 holds the run directory's lock. ``on_epoch``: see Trainer.fit (rank 0's
+    callback after every epoch; True prunes the run). Phased runs take none."""
+    if on_epoch is not None and cfg.phases:
+        raise ConfigError("phases: a phased run cannot report to a study after every epoch (bertmt tune)")
     dist_env.slurm_env_to_torch()
     check_inputs(cfg)  # before any work: a missing file or model creates no run directory
     run = RunDir(cfg.run.dir)
@@ -109,26 +114,32 @@ def train(cfg: ExperimentConfig, allow_config_change: bool = False) -> int:
             if changes:
                 _record_changes(run, changes)
             run.failed.unlink(missing_ok=True)
+            run.pruned.unlink(missing_ok=True)
     except RunLocked as exc:
         print(f"bertmt: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOCKED
     try:
-        return _train_locked(cfg, run)
+        return _train_locked(cfg, run, on_epoch)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(cfg: ExperimentConfig, run: RunDir) -> int:
+def _train_locked(cfg: ExperimentConfig, run: RunDir, on_epoch=None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from bertmt.engine.checkpoint import CheckpointError
-    from bertmt.engine.preemption import Diverged, Preempted
+    from bertmt.engine.preemption import Diverged, Preempted, Pruned
 
     start = time.time()
     try:
         with logging_redirect_tqdm():
-            is_main = (_train_phases if cfg.phases else _train_single)(cfg, start)
+            is_main = _train_phases(cfg, start) if cfg.phases else _train_single(cfg, start, on_epoch)
+    except Pruned as exc:
+        log.info("%s", exc)
+        if dist_env.rank() == 0:
+            run.write_pruned(exc.epoch)
+        return EXIT_PRUNED
     except Preempted as exc:
         log.warning("%s", exc)
         return EXIT_REQUEUED if exc.requeued else EXIT_PREEMPTED
@@ -179,12 +190,12 @@ def _plot(run: RunDir) -> None:
     log.info("training curves: %s", plot_training_curves(run))
 
 
-def _train_single(cfg: ExperimentConfig, start: float) -> bool:
+def _train_single(cfg: ExperimentConfig, start: float, on_epoch=None) -> bool:
     from bertmt.engine.trainer import Trainer
 
     trainer = Trainer(cfg)
     try:
-        metrics = trainer.fit()
+        metrics = trainer.fit(on_epoch)
         if trainer.is_main:
             extra = {
                 "run directory": cfg.run.dir,

@@ -12,6 +12,7 @@ Nothing else in bertmt spells a run directory's file names. Imports no torch.
     metrics.json           the best epoch's dev metrics: the run finished
     history.json           dev metrics after every epoch
     failed.json            the error that ended the run: the run failed
+    pruned.json            a study's pruner stopped the run after an epoch (`bertmt tune`)
     predictions/           <task>-<split>.csv (cs224n/: the CS224N starter code's files)
     plots/                 training_curves.png
     reports/dev/           per-task reports and plots of the best model
@@ -34,7 +35,8 @@ from bertmt.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
+FINISHED, FAILED, PRUNED = "finished", "failed", "pruned"
+UNFINISHED, NOT_STARTED = "unfinished", "not started"
 
 
 class RunDir:
@@ -62,6 +64,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.json")
     history = property(lambda self: self.path / "history.json")
     failed = property(lambda self: self.path / "failed.json")
+    pruned = property(lambda self: self.path / "pruned.json")
     predictions = property(lambda self: self.path / "predictions")
     reports = property(lambda self: self.path / "reports" / "dev")
     training_curves = property(lambda self: self.path / "plots" / "training_curves.png")
@@ -82,12 +85,14 @@ class RunDir:
         return self.latest.is_file() or any(RunDir(p).latest.is_file() for p in self.phases.glob("*"))
 
     def status(self) -> str:
-        """finished (metrics.json), failed (failed.json: the error that ended it), unfinished (started:
-        running, preempted or killed), not started."""
+        """finished (metrics.json), failed (failed.json: the error that ended it), pruned (pruned.json: a
+        study stopped it after an epoch), unfinished (started: running, preempted or killed), not started."""
         if self.metrics.is_file():
             return FINISHED
         if self.failed.is_file():
             return FAILED
+        if self.pruned.is_file():
+            return PRUNED
         if self.config.is_file() or self.has_checkpoint():
             return UNFINISHED
         return NOT_STARTED
@@ -107,6 +112,9 @@ class RunDir:
     def write_failed(self, error: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.failed, json.dumps({"error": error, "time": time.ctime()}, indent=2))
+
+    def write_pruned(self, epoch: int) -> None:
+        atomic_write(self.pruned, json.dumps({"epoch": epoch, "time": time.ctime()}, indent=2))
 
     def lock(self) -> RunLock:
         return RunLock(self.lock_file)

@@ -35,6 +35,14 @@ class Preempted(Exception):
         super().__init__(f"stopped by {signal_name or 'a signal'} at step {step}; checkpoint saved, {action}")
 
 
+class Pruned(Exception):
+    """Training stopped after an epoch because an epoch callback (a study's pruner) asked for it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        super().__init__(f"pruned after epoch {epoch}: the study's pruner stopped this trial")
+
+
 class Diverged(FloatingPointError):
     """A loss or gradient norm became inf or NaN (fp32/bf16; fp16 overflows are the loss scaler's)."""
 

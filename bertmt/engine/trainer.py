@@ -10,6 +10,7 @@ import os
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer, shared_group_indices
-from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, StopCheck, slurm_job
+from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, Pruned, StopCheck, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import make_step
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
@@ -36,6 +37,8 @@ from bertmt.model import load_tokenizer
 from bertmt.mtl.loss_weighting import weighting_from_config
 from bertmt.mtl.smart import Smart
 from bertmt.rundir import RunDir
+
+EpochCallback = Callable[[dict], bool]  # an epoch's history entry -> stop now (see Trainer.fit)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, init_from: Path | None = None) -> None:
         self.cfg = cfg
         self.run = RunDir(cfg.run.dir)
+        self._owns_group = not dist.is_initialized()  # a caller's group (tune workers) outlives the run
         self.rank, self.world = init_distributed(cfg.train.dist_timeout_s)
         self.is_main = self.rank == 0
         setup_logging(self.run.train_log, self.rank)
@@ -232,17 +236,31 @@ class Trainer:
         self.opt_step.backward(task, total * (weight * share))  # divided by grad_accum in the step
         return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
 
-    def fit(self) -> dict:
+    def fit(self, on_epoch: EpochCallback | None = None) -> dict:
         """Train the remaining epochs (or until ``train.patience`` epochs bring no better dev score);
-        returns the best dev metrics (the content of metrics.json)."""
+        returns the best dev metrics (the content of metrics.json).
+
+        ``on_epoch(entry)`` runs on rank 0 after every epoch's checkpoint, with the epoch's history entry
+        (``{"epoch", "step", <task>: {...}, "overall"}``); when it returns True every rank stops (Pruned)."""
         start = time.time()
         self.engine.train()
         while self.state.epoch < self.cfg.train.epochs and not self.out_of_patience():
             self._train_epoch()
             self._end_epoch()
+            if on_epoch is not None and self._rank0_says(on_epoch, self.state.history[-1]):
+                if self.is_main:
+                    atomic_write(self.run.history, json.dumps(self.state.history, indent=2))
+                raise Pruned(self.state.epoch)
         if self.state.epoch < self.cfg.train.epochs:
             log.info("early stop: no better dev score for %d epoch(s)", self.cfg.train.patience)
         return self._finish(time.time() - start)
+
+    def _rank0_says(self, ask: EpochCallback, entry: dict) -> bool:
+        """Rank 0's answer, broadcast to every rank (the others do not call ``ask``)."""
+        answer = torch.tensor([float(bool(ask(entry)))] if self.is_main else [0.0])
+        if self.world > 1:
+            dist.broadcast(answer, 0)
+        return bool(answer.item())
 
     def out_of_patience(self) -> bool:
         st, patience = self.state, self.cfg.train.patience
@@ -420,11 +438,12 @@ class Trainer:
         return metrics
 
     def close(self, keep_process_group: bool = False) -> None:
-        """Release the engine and (unless another phase follows) the process group: avoids gloo aborts."""
+        """Release the engine and the process group (unless another phase follows, or the group was there
+        before this trainer: a tune worker's, for its next trial): avoids gloo aborts."""
         self.writer.close()
         self.stops.close()
         self.engine.destroy()
-        if dist.is_initialized() and not keep_process_group:
+        if dist.is_initialized() and self._owns_group and not keep_process_group:
             dist.destroy_process_group()
 
 
