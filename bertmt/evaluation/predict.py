@@ -26,8 +26,8 @@ def to_predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
     return out.clip(*spec.label_range) if spec.label_range else out
 
 
-def _shard() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
+def _shard(sharded: bool) -> tuple[int, int]:
+    if sharded and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -40,13 +40,15 @@ def predict(
     batch_size: int,
     device: torch.device,
     show_progress: bool = True,
+    sharded: bool = True,
 ) -> np.ndarray:
     """Raw head outputs (N, out_size) for every row of ``enc``, in row order.
 
     Under torch.distributed each rank scores every world-th batch and one all-reduce gathers them: every
     example is scored exactly once. Every rank runs the same number of forward passes (a rank short of a
-    batch repeats one and drops the result): ZeRO-3 gathers parameters collectively inside each forward."""
-    rank, world = _shard()
+    batch repeats one and drops the result): ZeRO-3 gathers parameters collectively inside each forward.
+    ``sharded=False``: this process scores everything alone (a finished run's model, on rank 0 only)."""
+    rank, world = _shard(sharded)
     was_training = model.training
     model.eval()
     outputs = torch.zeros(len(enc), spec.output_size, dtype=torch.float64)
@@ -102,6 +104,7 @@ def evaluate_tasks(
     batch_size: int,
     device: torch.device,
     show_progress: bool = True,
+    sharded: bool = True,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Dev metrics in the metrics.json form ``{task: {metric: value}, "overall": score}`` and the raw
     outputs per task."""
@@ -110,7 +113,7 @@ def evaluate_tasks(
     results: dict = {}
     outputs = {}
     for task, enc in encoded.items():
-        outputs[task] = predict(model, specs[task], enc, batch_size, device, show_progress)
+        outputs[task] = predict(model, specs[task], enc, batch_size, device, show_progress, sharded)
         results[task] = task_metrics(specs[task], to_predictions(specs[task], outputs[task]), enc.labels)
     results["overall"] = overall_score({t: results[t] for t in encoded}, specs)
     return results, outputs

@@ -59,7 +59,9 @@ def evaluate_model(
     data = {t: d for t in tasks if (d := loader.read(tasks[t], "dev")) is not None}
     encoded = {t: loader.encode(tasks[t], d) for t, d in data.items()}
     specs = {t: cfg.task_spec(t) for t in encoded}
-    metrics, outputs = evaluate_tasks(model, specs, encoded, cfg.data.eval_batch_size, _device())
+    metrics, outputs = evaluate_tasks(
+        model, specs, encoded, cfg.data.eval_batch_size, _device(), sharded=False
+    )
     target = out or run.reports
     target.mkdir(parents=True, exist_ok=True)
     if out is not None:
@@ -88,7 +90,9 @@ def predict_model(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "be
         if enc is None:
             continue
         spec = resolved.spec
-        preds = to_predictions(spec, predict(model, spec, enc, cfg.data.eval_batch_size, _device()))
+        preds = to_predictions(
+            spec, predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False)
+        )
         if fmt == "cs224n":
             path = write_cs224n_predictions(run.predictions / "cs224n", split, task, enc.ids, preds)
         else:

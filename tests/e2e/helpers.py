@@ -95,3 +95,35 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     return [e.value for e in events.Scalars(tag)]
+
+
+def tune_file(path: Path, study_dir: Path, overrides: list[str], **keys) -> Path:
+    """A TUNE.yaml on configs/quickstart.yaml: ``overrides`` (tiny_overrides' run.dir dropped: every trial
+    has its own) for every trial, an optim.lr space, and ``keys`` over the defaults below."""
+    import yaml
+
+    spec = {
+        "base": str(QUICKSTART),
+        "dir": str(study_dir),
+        "overrides": [o for o in overrides if not o.startswith("run.dir=")],
+        "trials": 4,
+        "workers": 2,
+        "sampler": {"kind": "random", "seed": 0},
+        "pruner": {"kind": "asha", "min_epochs": 1},
+        "space": {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True}},
+        "heartbeat_s": 1,
+        "stale_after_s": 6,
+    }
+    path.write_text(yaml.safe_dump(spec | keys))
+    return path
+
+
+def load_study(study_dir: Path):
+    """The study with plain Optuna: JournalStorage(JournalFileBackend(DIR/study.journal)), the one study."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(
+        study_name=None, storage=JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
+    )
