@@ -437,13 +437,15 @@ class Trainer:
         )
         return metrics
 
-    def close(self, keep_process_group: bool = False) -> None:
-        """Release the engine and the process group (unless another phase follows, or the group was there
-        before this trainer: a tune worker's, for its next trial): avoids gloo aborts."""
+    def close(self, keep_process_group: bool | None = None) -> None:
+        """Release the engine and the process group: avoids gloo aborts. The group is kept when
+        ``keep_process_group`` says so (another phase follows) or, by default, when it was there before this
+        trainer (a tune worker's, for its next trial)."""
         self.writer.close()
         self.stops.close()
         self.engine.destroy()
-        if dist.is_initialized() and self._owns_group and not keep_process_group:
+        keep = not self._owns_group if keep_process_group is None else keep_process_group
+        if dist.is_initialized() and not keep:
             dist.destroy_process_group()
 
 
