@@ -18,6 +18,9 @@ setup(
         "tqdm",
         "matplotlib",
         "scipy>=1.13",  # the Gram methods' small exact solvers (bertmt/mtl/solvers.py: nnls, brentq)
+        # bertmt tune; launch/study.py and launch/tune_worker.py use Study._storage, Study._study_id and
+        # FrozenTrial._trial_id (tests/e2e/test_tune.py fails when they change)
+        "optuna==5.0.0",
     ],
     extras_require={
         "test": [

@@ -146,6 +146,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     jobs = tune.submit_submitit(spec, args.cluster)
     print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0]}); study directory {spec.dir}")
+    if args.wait:
+        for job in jobs:
+            try:
+                job.results()
+            except Exception as exc:  # a failed worker: the others carry the study on
+                print(f"array task {job.job_id} failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
+        cmd_tune_summary(argparse.Namespace(study_dir=spec.dir))
     return 0
 
 
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="array tasks / processes (default: the file's)")
     p.add_argument("--trials", type=int, default=None, help="finished trials to reach (default: the file's)")
     p.add_argument("--dry-run", action="store_true", help="print the array script (sbatch) or the spec")
+    p.add_argument("--wait", action="store_true", help="submitit: wait for the workers, print the summary")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("tune-worker", help="one worker of a study (started by bertmt tune)")
     p.add_argument("study_dir")
