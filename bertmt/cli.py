@@ -129,7 +129,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from launch import tune
     from launch.tune_spec import load_tune
 
-    spec = load_tune(args.tune, args.overrides, args.trials, args.workers)
+    spec = load_tune(args.tune, args.overrides, args.trials, args.workers, args.dir, args.pruner)
     if args.backend == "submitit" and args.cluster == "slurm":
         spec.slurm["signal"] = "USR2"  # Submitit's own signal
     if args.dry_run:
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm", help="for submitit")
     p.add_argument("--workers", type=int, default=None, help="array tasks / processes (default: the file's)")
     p.add_argument("--trials", type=int, default=None, help="finished trials to reach (default: the file's)")
+    p.add_argument("--dir", default=None, help="the study directory (default: the file's)")
+    p.add_argument("--pruner", choices=["asha", "hyperband", "median", "none"], help="another pruner kind")
     p.add_argument("--dry-run", action="store_true", help="print the array script (sbatch) or the spec")
     p.add_argument("--wait", action="store_true", help="submitit: wait for the workers, print the summary")
     p.set_defaults(func=cmd_tune)

@@ -71,13 +71,15 @@ def _worker_command(spec: TuneSpec, index: int, ranks: int) -> list[str]:
 
 
 def run_local(spec: TuneSpec) -> int:
-    """Start ``workers`` local worker processes (logs: DIR/workers/local-<i>.log), show the study's
-    progress, and wait. SIGTERM is passed on (the workers stop at a checkpoint; run the same command to
-    resume). Returns 0 when the study has its trials."""
+    """Start ``workers`` local worker processes (logs: DIR/workers/local-<i>.log; the cores shared out
+    through OMP_NUM_THREADS unless it is set), show the study's progress, and wait. SIGTERM is passed on
+    (the workers stop at a checkpoint; run the same command to resume). Returns 0 when the study has its
+    trials."""
     from tqdm import tqdm
 
     ranks = spec.config({}, trial_dir(Path(spec.dir), 0)).slurm.ranks_per_node
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (spec.workers * ranks))))
     procs = []
     for i in range(spec.workers):
         log = open(Path(spec.dir) / "workers" / f"local-{i}.log", "a")

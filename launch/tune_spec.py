@@ -186,10 +186,15 @@ def _options(path: Path, key: str, raw, kinds: dict[str, set], default: dict) ->
 
 
 def load_tune(
-    path: str | Path, overrides: list[str] = (), trials: int | None = None, workers: int | None = None
+    path: str | Path,
+    overrides: list[str] = (),
+    trials: int | None = None,
+    workers: int | None = None,
+    study_dir: str | None = None,
+    pruner: str | None = None,
 ):
-    """Parse TUNE.yaml (and the command line's config overrides, trials and workers) into a TuneSpec; the base
-    config with every extreme of every parameter is validated now."""
+    """Parse TUNE.yaml (and the command line's config overrides, trials, workers, study directory and pruner
+    kind) into a TuneSpec; the base config with every extreme of every parameter is validated now."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"tune file {path} does not exist")
@@ -198,6 +203,11 @@ def load_tune(
     unknown = sorted(set(raw) - KEYS)
     if unknown:
         raise ConfigError(f"tune file {path}: unknown key(s) {unknown}; valid keys: {sorted(KEYS)}")
+    if study_dir is not None:
+        raw["dir"] = study_dir
+    if pruner is not None:  # the same search with another pruner (its kind's options kept where they apply)
+        raw["pruner"] = {k: v for k, v in (raw.get("pruner") or {}).items() if k in PRUNERS[pruner]}
+        raw["pruner"]["kind"] = pruner
     for key in ("base", "dir"):
         _need(isinstance(raw.get(key), str), path, key, "a string", raw.get(key))
     trials = trials if trials is not None else raw.get("trials")
