@@ -61,11 +61,15 @@ class Param:
         if self.type == "categorical":
             return list(self.choices)
         n = int(round((self.high - self.low) / self.step))
-        grid = [self.low + i * self.step for i in range(n + 1)]
+        grid = [
+            float(f"{self.low + i * self.step:.12g}") for i in range(n + 1)
+        ]  # 3e-4, not 3.0000000000000003e-4
         return [int(v) for v in grid] if self.type == "int" else grid
 
     def extremes(self) -> list:
-        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+        if self.type == "categorical":
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
 
     def suggest(self, trial, name: str):
         if self.type == "categorical":
