@@ -25,7 +25,7 @@ from bertmt.data.batching import collate, model_inputs
 from bertmt.engine.build import build_model
 from bertmt.model import load_tokenizer
 from tests.conftest import NO_REPORTS, tiny_overrides
-from tests.e2e.helpers import QUICKSTART, torchrun
+from tests.e2e.helpers import QUICKSTART, train_many
 from tests.unit.test_gram_methods import naive_gradvac, naive_pcgrad
 
 WORKER = "tests.distributed.worker"
@@ -75,19 +75,18 @@ def _overrides(pretrained, data, run_dir, nproc: int, accum: int, mtl: dict) -> 
 
 @pytest.fixture(scope="module")
 def engine_gradient(tiny_no_dropout, odd_data, tmp_path_factory):
-    """``engine_gradient(case, nproc)``: the worker's record of that run's first step (run once)."""
-    done: dict[tuple[str, int], dict] = {}
-
-    def get(case: str, nproc: int) -> dict:
-        if (case, nproc) not in done:
-            out = tmp_path_factory.mktemp(f"{case}-{nproc}proc")
-            args = _overrides(tiny_no_dropout, odd_data, out / "run", nproc, ACCUM, (CASES | BF16)[case])
-            with mock.patch.dict(os.environ, {"BERTMT_TEST_GRADS": str(out)}):
-                torchrun(nproc, "train", str(QUICKSTART), *args, module=WORKER)
-            done[case, nproc] = torch.load(out / "rank0-grads.pt")
-        return done[case, nproc]
-
-    return get
+    """``engine_gradient(case, nproc)``: the worker's record of that run's first step. Every run of one
+    process count goes through one worker launch (train_many: torch and DeepSpeed start once)."""
+    root = tmp_path_factory.mktemp("grads")
+    for nproc, cases in {1: list(CASES), 2: list(CASES) + list(BF16)}.items():
+        runs = [
+            ["train", str(QUICKSTART), *_overrides(tiny_no_dropout, odd_data, root / f"{c}-{nproc}" / "run",
+                                                   nproc, ACCUM, (CASES | BF16)[c])]
+            for c in cases
+        ]  # fmt: skip
+        with mock.patch.dict(os.environ, {"BERTMT_TEST_GRADS": "per-run"}):
+            train_many(nproc, runs, root / f"runs-{nproc}.json")
+    return lambda case, nproc: torch.load(root / f"{case}-{nproc}" / "rank0-grads.pt")
 
 
 def _reference(pretrained, data, run_dir, micro_batches, accum: int, mtl: dict) -> dict[str, torch.Tensor]:

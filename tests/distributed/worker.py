@@ -14,7 +14,8 @@
   Gram matrix, DeepSpeed an overflow);
 - BERTMT_TEST_SURGERY=DIR: each rank writes DIR/rank<r>-surgery.json: per optimiser step, whether DeepSpeed
   applied it, whether the surgery method's state (generator, GradVac targets) and the weights changed;
-- BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
+- BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt (DIR "per-run": in the parent directory of
+  each run's run.dir, for BERTMT_TEST_RUNS), the gradient (divided by the loss scale) of
   every parameter that DeepSpeed holds right before its first optimiser step, and the micro-batches of
   that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``;
 - BERTMT_TEST_RUNS=FILE: FILE holds a JSON list of argument lists; the process runs `bertmt` with each in
@@ -127,8 +128,16 @@ def _save_first_step_grads(out: str, rank: int) -> None:
     from bertmt.data.batching import TaskSampler
     from bertmt.engine.trainer import Trainer
 
-    real_step, done, micro_batches, current = DeepSpeedEngine.step, [], [], []
-    real_micro_batch, real_next = Trainer._micro_batch, TaskSampler.next
+    real_step, done, micro_batches, current, target = DeepSpeedEngine.step, [], [], [], [out]
+    real_micro_batch, real_next, real_init = Trainer._micro_batch, TaskSampler.next, Trainer.__init__
+
+    def init(self, cfg, *args, **kwargs):  # every run records its own first step
+        done.clear()
+        micro_batches.clear()
+        target[0] = os.path.dirname(os.path.abspath(cfg.run.dir)) if out == "per-run" else out
+        real_init(self, cfg, *args, **kwargs)
+
+    Trainer.__init__ = init
 
     def micro_batch(self, task):
         current[:] = [task]
@@ -150,7 +159,7 @@ def _save_first_step_grads(out: str, rank: int) -> None:
                 g = safe_get_full_grad(p)
                 grads[name] = None if g is None else g.float() / scale
             record = {"grads": grads, "micro_batches": micro_batches}
-            torch.save(record, os.path.join(out, f"rank{rank}-grads.pt"))
+            torch.save(record, os.path.join(target[0], f"rank{rank}-grads.pt"))
             done.append(True)
         return real_step(self, *args, **kwargs)
 

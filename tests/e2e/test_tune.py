@@ -70,6 +70,7 @@ def test_absurd_learning_rates_are_pruned_at_the_first_report_on_both_ranks(smal
     study_dir = tmp_path / "study"
     extra = {"run.reports": False, "slurm.tasks_per_node": 2, "train.dist_timeout_s": 120}
     extra |= {"tasks.sts.pair_encoding": "siamese", "tasks.sts.pair_features": "cosine"}
+    extra |= {"train.batches_per_epoch": 4, "data.max_length": 32}
     overrides = tiny_overrides(minilm_dir(), small_data, tmp_path / "unused", **extra)
     space = {"optim.lr": {"type": "float", "low": 1.0e-5, "high": 100.0, "log": True}}
     enqueue = [{"optim.lr": 5.0e-5}, {"optim.lr": 3.0}, {"optim.lr": 30.0}]
