@@ -52,6 +52,8 @@ def test_two_local_workers_finish_the_study_and_plain_optuna_reads_it(tiny_pretr
     for trial in trials:
         _check_trial(study_dir, trial)
         assert len(trial.intermediate_values) == 2  # reported after each of the 2 epochs
+        log = _trial_dir(study_dir, trial).train_log.read_text()
+        assert log.count("micro-batches per epoch") == 1  # one trainer, started once, per trial
 
     with open(study_dir / "summary.csv") as fp:
         table = list(csv.DictReader(fp))

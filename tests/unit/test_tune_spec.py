@@ -9,7 +9,7 @@ import pytest
 
 from bertmt.config import ConfigError
 from launch.tune_spec import load_tune, make_pruner, make_sampler
-from tests.e2e.helpers import tune_file
+from tests.e2e.helpers import REPO, tune_file
 
 SPACE = {
     "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-4, "step": 1.0e-4},
@@ -65,3 +65,12 @@ def test_grid_needs_a_step_for_floats(tmp_path, small_data, tiny_pretrained):
     path = tune_file(tmp_path / "t.yaml", tmp_path / "s", [], space=space, sampler={"kind": "grid"})
     with pytest.raises(ConfigError, match=r"'space.optim.lr.step' must be set \(grid sampler\)"):
         load_tune(path, [f"model.pretrained={tiny_pretrained}", f"data.dir={small_data}"])
+
+
+def test_the_shipped_tune_files_validate(data_dir):
+    """configs/tune/*.yaml: every parameter extreme of each is a valid config (with the real data dir)."""
+    files = sorted((REPO / "configs" / "tune").glob("*.yaml"))
+    assert files
+    for path in files:
+        spec = load_tune(path, [f"data.dir={data_dir}"])
+        assert spec.trials >= 1 and spec.space
