@@ -6,7 +6,7 @@ Exit codes of :func:`train`: 0 finished, 1 failed (failed.json says why), 2 conf
 3 stopped at a checkpoint by a signal (run the same command to resume), 4 the same and the SLURM job was
 requeued (it resumes by itself), 5 diverged (non-finite loss or gradient; the last checkpoint is the last
 good state), 6 the run directory is in use by another trainer, 7 pruned (an ``on_epoch`` callback, a study's
-pruner, stopped it after an epoch; pruned.json says which).
+pruner, stopped it after an epoch; pruned.json says after which).
 """
 
 from __future__ import annotations
