@@ -60,8 +60,8 @@ def test_the_import_graph_has_no_cycle():
 def test_the_cli_run_lifecycle_and_launchers_import_no_torch():
     code = (
         "import sys, bertmt.cli, bertmt.run, bertmt.rundir, launch.sweep, launch.summary, launch.render, "
-        "launch.submitit_job, launch.hostfile, launch.tune, launch.tune_spec, launch.study, launch.tune_summary, "
-        "launch.tune_worker; "
+        "launch.submitit_job, launch.hostfile, launch.tune, launch.tune_spec, launch.study, "
+        "launch.tune_summary, launch.tune_worker; "
         "print(sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
