@@ -22,7 +22,6 @@ every error names the key. Imports no torch (Optuna only where a sampler or prun
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,10 +284,6 @@ def _check_against_configs(path: Path, spec: TuneSpec) -> None:
 
 def grid(spec: TuneSpec) -> dict[str, list]:
     return {k: p.values() for k, p in spec.space.items()}
-
-
-def grid_size(spec: TuneSpec) -> int:
-    return len(list(itertools.product(*grid(spec).values())))
 
 
 def make_sampler(spec: TuneSpec, seed: int):
