@@ -45,6 +45,7 @@ def _worker(rank: int, init: str, out: str, poison: bool) -> None:
             "bytes": reducer.bytes_moved,
         }
         json.dump(record, fp)
+    dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 
 

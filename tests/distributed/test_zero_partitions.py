@@ -85,6 +85,7 @@ def _worker(rank: int, stage: int, init: str, out: str) -> None:
         sizes = [p.ds_tensor.numel() for p in shared] if stage == 3 else None
         torch.save({"shards": gathered, "before": before, "after": after, "sizes": sizes}, out)
     engine.destroy()
+    dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 
 
@@ -148,6 +149,7 @@ def _reduced_worker(rank: int, stage: int, init: str, out: str) -> None:
         after = [p.detach().clone() for p in engine.module.parameters()]
         torch.save({"want": want, "applied": [b - a for b, a in zip(before, after)], "counted": counted}, out)
     engine.destroy()
+    dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 
 
