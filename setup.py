@@ -21,6 +21,7 @@ setup(
         # bertmt tune; launch/study.py and launch/tune_worker.py use Study._storage, Study._study_id and
         # FrozenTrial._trial_id (tests/e2e/test_tune.py fails when they change)
         "optuna==5.0.0",
+        "pytorch-optimizer==4.1.0",  # optim.name=lion|adafactor (bertmt/engine/optim.py)
     ],
     extras_require={
         "test": [

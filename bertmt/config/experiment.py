@@ -73,6 +73,13 @@ class ExperimentConfig:
             self.train.grad_accum,
         )
         check(
+            self.optim.name != "adafactor" or self.train.zero_stage == 0,
+            "train.zero_stage",
+            "0 with optim.name=adafactor (ZeRO hands the optimiser flat 1-D partitions, whose second moments "
+            "AdaFactor cannot factor by rows and columns)",
+            self.train.zero_stage,
+        )
+        check(
             self.schedule.kind != "round_robin" or all(t.sample_weight == 1 for t in self.tasks.values()),
             "schedule.kind",
             "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
@@ -114,6 +121,19 @@ class ExperimentConfig:
                 task.head,
             )
         check(
+            not (self.head_arch(name) == "lstm" and self.model.pooling == "pooler"),
+            f"tasks.{name}.head_arch" if task.head_arch else "model.head_arch",
+            "mlp or cnn with model.pooling=pooler (an LSTM head pools its own states: mean, max, cls or "
+            "attention)",
+            self.head_arch(name),
+        )
+        check(
+            task.head is None or task.head_arch is None,
+            f"tasks.{name}.head_arch",
+            f"null for a dataset sharing the head of {task.head}",
+            task.head_arch,
+        )
+        check(
             spec.is_pair or task.pair_encoding is None,
             f"tasks.{name}.pair_encoding",
             "cross for a single-sentence task",
@@ -136,6 +156,10 @@ class ExperimentConfig:
     def head_of(self, name: str) -> str:
         """The head (and PALs) dataset ``name`` trains: its own, or the one named by tasks.<name>.head."""
         return self.tasks[name].head or name
+
+    def head_arch(self, name: str) -> str:
+        """mlp, lstm or cnn: the architecture of dataset ``name``'s head."""
+        return self.tasks[self.head_of(name)].head_arch or self.model.head_arch
 
     def pair_encoding(self, name: str) -> str | None:
         """cross or siamese for a pair task, None for a single-sentence task."""

@@ -53,8 +53,14 @@ class ModelConfig:
         "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
     )
     attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: sdpa (measured faster, bench/)
-    pooling: Literal["mean", "cls", "pooler", "attention"] = "mean"  # sentence vector of each head
-    # (attention: learned multiplicative attention over the tokens, per task)
+    pooling: Literal["mean", "max", "cls", "pooler", "attention"] = "mean"  # sentence vector of each head
+    # (max: elementwise max over the tokens; attention: learned multiplicative attention, per task)
+    head_arch: Literal["mlp", "lstm", "cnn"] = "mlp"  # every head (tasks.<name>.head_arch overrides): mlp
+    # on the pooled vector; lstm: a BiLSTM over the token states, pooled by model.pooling, then the MLP;
+    # cnn: 1-D convolutions of widths cnn_kernels over the tokens, max-pooled over time, then the MLP
+    lstm_size: int = 128  # lstm heads: units per direction (the head reads 2 * lstm_size)
+    cnn_kernels: list[int] = field(default_factory=lambda: [2, 3, 4])  # cnn heads: window widths
+    cnn_channels: int = 64  # cnn heads: filters per window width
     head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
     dropout: float = 0.1  # dropout before every head layer
     pair_encoding: Literal["cross", "siamese"] = "cross"  # default for pair tasks (see TaskConfig)
@@ -63,6 +69,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check(0.0 <= self.dropout < 1.0, "model.dropout", "a float in [0, 1)", self.dropout)
         check(all(w > 0 for w in self.head_hidden), "model.head_hidden", "positive widths", self.head_hidden)
+        check(self.lstm_size >= 1, "model.lstm_size", "an integer >= 1", self.lstm_size)
+        check(
+            bool(self.cnn_kernels) and all(k >= 1 for k in self.cnn_kernels),
+            "model.cnn_kernels",
+            "a non-empty list of window widths >= 1",
+            self.cnn_kernels,
+        )
+        check(self.cnn_channels >= 1, "model.cnn_channels", "an integer >= 1", self.cnn_channels)
 
 
 @dataclass
@@ -75,6 +89,7 @@ class TaskConfig:
     type: str | None = None  # registry task whose format and head this dataset has (default: the key)
     head: str | None = None  # share the head (and PALs) of this other configured task (same label space)
     sample_weight: float = 1.0  # multiplier on this dataset's sampling probability (not for round_robin)
+    head_arch: Literal["mlp", "lstm", "cnn"] | None = None  # this head's architecture (default model.head_arch)
     pair_encoding: Literal["cross", "siamese"] | None = None  # pair tasks (default model.pair_encoding):
     # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
     pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
@@ -111,13 +126,20 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5  # peak learning rate of AdamW
+    name: Literal["adamw", "lion", "adafactor"] = "adamw"  # torch AdamW, or pytorch-optimizer's Lion
+    # (sign of an interpolated momentum; use ~3-10x smaller lr) or AdaFactor (factored second moments,
+    # lr as given: no relative step; ZeRO 0 only, ZeRO's flat partitions cannot be factored)
+    lr: float = 5e-5  # peak learning rate
     weight_decay: float = 0.01  # decoupled weight decay (not on biases and LayerNorm)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW / Lion / AdaFactor betas
     eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # global gradient-norm clipping (0: off)
     warmup_ratio: float = 0.1  # fraction of all optimiser steps with linear warm-up
-    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+    schedule: Literal["linear", "cosine", "constant", "plateau"] = "linear"  # decay after warm-up
+    # (plateau: constant, times plateau_factor whenever the dev overall score has not improved for more
+    # than plateau_patience epochs: torch's ReduceLROnPlateau, mode max, threshold 0, judged every epoch)
+    plateau_factor: float = 0.5  # plateau: multiplier of the learning rate at each reduction
+    plateau_patience: int = 0  # plateau: epochs without a better dev score tolerated before a reduction
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a finite positive float", self.lr)
@@ -129,6 +151,8 @@ class OptimConfig:
         )
         check(self.grad_clip >= 0, "optim.grad_clip", "a float >= 0", self.grad_clip)
         check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a float in [0, 1)", self.warmup_ratio)
+        check(0 < self.plateau_factor < 1, "optim.plateau_factor", "a float in (0, 1)", self.plateau_factor)
+        check(self.plateau_patience >= 0, "optim.plateau_patience", "an integer >= 0", self.plateau_patience)
 
 
 @dataclass

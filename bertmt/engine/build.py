@@ -34,6 +34,10 @@ def head_specs(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
             pair_features=cfg.tasks[name].pair_features if siamese else None,
             output_bias=sum(spec.label_range) / 2 if spec.label_range else 0.0,  # regression: mid-range
             label_range=spec.label_range,
+            arch=cfg.head_arch(name),
+            lstm_size=cfg.model.lstm_size,
+            cnn_kernels=tuple(cfg.model.cnn_kernels),
+            cnn_channels=cfg.model.cnn_channels,
         )
     return out
 

@@ -1,4 +1,5 @@
-"""AdamW parameter groups and the learning-rate schedule (linear warm-up, then linear/cosine/constant)."""
+"""The optimiser (AdamW, Lion or AdaFactor over the same parameter groups) and the learning-rate schedule
+(linear warm-up, then linear / cosine / constant, or constant reduced on a dev-score plateau)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,32 @@ DECAYS = {  # optim.schedule -> the factor after warm-up, at progress 0..1 throu
     "linear": lambda progress: 1.0 - progress,
     "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
     "constant": lambda progress: 1.0,
+    "plateau": lambda progress: 1.0,  # times Plateau.scale
 }
+
+
+class Plateau:
+    """The plateau schedule's multiplier: torch's ReduceLROnPlateau (mode max, threshold 0, no cooldown)
+    replayed over the dev overall scores of the epochs so far. A pure function of the run's history, so a
+    resumed run (whose history is in its checkpoint) needs no state of its own, and every rank, holding the
+    same dev scores, agrees."""
+
+    def __init__(self, factor: float, patience: int) -> None:
+        self.factor, self.patience = factor, patience
+        self.scale = 1.0
+
+    def replay(self, scores: list[float]) -> float:
+        """Set and return ``scale`` after the epochs whose dev overall scores are ``scores``."""
+        best, bad, scale = -math.inf, 0, 1.0
+        for score in scores:
+            if score > best:
+                best, bad = score, 0
+            else:
+                bad += 1
+            if bad > self.patience:
+                scale, bad = scale * self.factor, 0
+        self.scale = scale
+        return scale
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -49,12 +75,44 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return DECAYS[schedule](min(1.0, (step - warmup) / max(1, total - warmup)))
 
 
+def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """optim.name over ``groups``: torch's AdamW, or the drop-ins of pytorch-optimizer (pinned in setup.py)."""
+    betas = tuple(cfg.betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
+    import pytorch_optimizer
+
+    if cfg.name == "lion":
+        return pytorch_optimizer.Lion(groups, lr=cfg.lr, betas=betas, weight_decouple=True)
+    if cfg.name == "adafactor":  # the configured lr, not AdaFactor's relative step; fp32 moments
+        return pytorch_optimizer.AdaFactor(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            relative_step=False,
+            scale_parameter=False,
+            weight_decouple=True,
+            momentum_dtype=torch.float32,
+        )
+    raise ValueError(f"unknown optim.name {cfg.name!r}")
+
+
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    opt = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
-    )
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, Plateau]:
+    """The optimiser, its per-step schedule and the plateau multiplier that schedule reads (1 unless
+    ``optim.schedule=plateau``, where the trainer replays it after every epoch's evaluation)."""
+    opt = make_optimizer(param_groups(model, cfg.weight_decay), cfg)
     warmup = int(cfg.warmup_ratio * total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule))
-    return opt, sched
+    plateau = Plateau(cfg.plateau_factor, cfg.plateau_patience)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule) * plateau.scale
+    )
+    return opt, sched, plateau
+
+
+def refresh_lr(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Rewrite the current learning rates from the schedule (after its multiplier changed between steps), so
+    that the very next step uses them."""
+    for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * factor(sched.last_epoch)

@@ -27,7 +27,7 @@ from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
-from bertmt.engine.optim import build_optimizer, shared_group_indices
+from bertmt.engine.optim import build_optimizer, refresh_lr, shared_group_indices
 from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, Pruned, StopCheck, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import make_step
@@ -75,7 +75,7 @@ class Trainer:
         self._load_data()
         model = build_model(cfg, init_from)
         self.total_steps = cfg.train.epochs * self.batches_per_epoch // cfg.train.grad_accum
-        optimizer, lr_schedule = build_optimizer(model, cfg.optim, self.total_steps)
+        optimizer, lr_schedule, self.plateau = build_optimizer(model, cfg.optim, self.total_steps)
         self.ds_config = build_deepspeed_config(cfg, self.world)
         import deepspeed
 
@@ -158,6 +158,7 @@ class Trainer:
         if client is None:
             return
         self.state = TrainState(**client["trainer"])
+        self._replay_plateau()
         if self.cfg.mtl.per_task:
             self.opt_step.load_state_dict(client["surgery"])
         if self.smart is not None:
@@ -362,6 +363,7 @@ class Trainer:
         if not math.isfinite(results["overall"]):
             raise Diverged(f"dev metrics of epoch {st.epoch + 1} are not finite: {results}")
         st.history.append({"epoch": st.epoch + 1, "step": st.step, **results})
+        self._replay_plateau()
         improved = results["overall"] > st.best_score
         if improved:
             st.best_score, st.best_epoch = results["overall"], st.epoch + 1
@@ -375,6 +377,15 @@ class Trainer:
         )
         st.epoch, st.index = st.epoch + 1, 0
         self.save_checkpoint()
+
+    def _replay_plateau(self) -> None:
+        """optim.schedule=plateau: the learning rate's multiplier after the epochs evaluated so far."""
+        if self.cfg.optim.schedule != "plateau":
+            return
+        before = self.plateau.scale
+        if self.plateau.replay([h["overall"] for h in self.state.history]) != before:
+            refresh_lr(self.engine.lr_scheduler)
+            log.info("dev score on a plateau: learning rate x %g", self.plateau.scale)
 
     def evaluate(self) -> dict:
         """Dev metrics of the current model, each example scored once across ranks; logged to TensorBoard."""

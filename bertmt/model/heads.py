@@ -1,4 +1,5 @@
-"""Task heads: sentence pooling, pair features (siamese) and an MLP per task."""
+"""Task heads: sentence pooling (or a BiLSTM / CNN over the tokens, token_heads.py), pair features (siamese)
+and an MLP per task."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ from torch import nn
 
 from bertmt.model.bert import EncoderOutput
 
-Pooling = Literal["mean", "cls", "pooler", "attention"]
+Pooling = Literal["mean", "max", "cls", "pooler", "attention"]
+HeadArch = Literal["mlp", "lstm", "cnn"]
 PairFeatures = Literal["concat", "cosine", "both"]
 
 
 class Pooler(nn.Module):
-    """One vector per sequence: masked mean of the tokens, the [CLS] state, BERT's tanh pooler, or learned
-    multiplicative attention over the tokens (score_i = q . W h_i / sqrt(H), softmax over real tokens)."""
+    """One vector per sequence: masked mean of the tokens, their masked elementwise max, the [CLS] state,
+    BERT's tanh pooler, or learned multiplicative attention over the tokens (score_i = q . W h_i / sqrt(H),
+    softmax over real tokens)."""
 
     def __init__(self, how: Pooling, width: int) -> None:
         super().__init__()
         self.how = how
+        self.out_width = width
         if how == "attention":
             self.key = nn.Linear(width, width, bias=False)
             self.query = nn.Parameter(torch.zeros(width))  # zero: starts as the plain masked mean
@@ -32,6 +36,8 @@ class Pooler(nn.Module):
         if self.how == "pooler":
             return out.pooler_output
         mask = attention_mask.bool()  # (B, L)
+        if self.how == "max":
+            return h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
         if self.how == "attention":
             scores = self.key(h) @ self.query / h.size(-1) ** 0.5  # (B, L)
             weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
@@ -68,8 +74,21 @@ class ScaledCosine(nn.Module):
         return score.clamp(*self.clip) if self.clip else score
 
 
+def reader(arch: HeadArch, pooling: Pooling, width: int, lstm_size: int, kernels: list[int], channels: int):
+    """What turns the encoder's output into one vector per sequence (``.out_width`` wide)."""
+    if arch == "lstm":
+        from bertmt.model.token_heads import LstmReader
+
+        return LstmReader(width, lstm_size, Pooler(pooling, 2 * lstm_size))
+    if arch == "cnn":
+        from bertmt.model.token_heads import CnnReader
+
+        return CnnReader(width, kernels, channels)
+    return Pooler(pooling, width)
+
+
 class TaskHead(nn.Module):
-    """Pooling + MLP. A siamese pair head sees ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
+    """Reader (pooling, or a BiLSTM / CNN over the tokens) + MLP. A siamese pair head sees ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
     (``cosine``: one regression value, or the logit of class 1 of a binary task), or both."""
 
     def __init__(
@@ -82,9 +101,14 @@ class TaskHead(nn.Module):
         pair_features: PairFeatures | None = None,
         output_bias: float = 0.0,
         label_range: tuple[float, float] | None = None,
+        arch: HeadArch = "mlp",
+        lstm_size: int = 128,
+        cnn_kernels: tuple[int, ...] = (2, 3, 4),
+        cnn_channels: int = 64,
     ) -> None:
         super().__init__()
-        self.pool = Pooler(pooling, width)
+        self.pool = reader(arch, pooling, width, lstm_size, list(cnn_kernels), cnn_channels)
+        width = self.pool.out_width
         self.pair_features, self.out_size = pair_features, out_size
         if pair_features in ("cosine", "both"):
             self.cosine = ScaledCosine(label_range if out_size == 1 and pair_features == "cosine" else None)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bertmt.model.bert import BertModel, EncoderOutput
-from bertmt.model.heads import PairFeatures, Pooling, TaskHead
+from bertmt.model.heads import HeadArch, PairFeatures, Pooling, TaskHead
 from bertmt.model.pals import ProjectedAttention
 
 
@@ -20,6 +20,10 @@ class HeadSpec:
     pair_features: PairFeatures | None = None  # siamese pair task: how u and v are combined
     output_bias: float = 0.0  # initial output bias (regression: middle of the label range)
     label_range: tuple[float, float] | None = None  # regression targets' range (cosine heads clip to it)
+    arch: HeadArch = "mlp"  # mlp over the pooled vector, or a BiLSTM / CNN over the tokens first
+    lstm_size: int = 128  # lstm: units per direction
+    cnn_kernels: tuple[int, ...] = (2, 3, 4)  # cnn: window widths
+    cnn_channels: int = 64  # cnn: filters per width
 
 
 @dataclass
@@ -62,6 +66,10 @@ class MultitaskModel(nn.Module):
                     h.pair_features,
                     h.output_bias,
                     h.label_range,
+                    h.arch,
+                    h.lstm_size,
+                    h.cnn_kernels,
+                    h.cnn_channels,
                 )
                 for name, h in heads.items()
             }
