@@ -19,7 +19,8 @@ log = logging.getLogger("bertmt")
 def cmd_train(args: argparse.Namespace) -> int:
     from bertmt import run
 
-    return run.train(load_config(args.config, args.overrides), args.allow_config_change)
+    overrides = [*args.overrides, *(["train.exclusive=true"] if args.each_task else [])]
+    return run.train(load_config(args.config, overrides), args.allow_config_change)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-config-change",
         action="store_true",
         help="resume a run with a config that differs from its saved one (recorded in config_changes.jsonl)",
+    )
+    p.add_argument(
+        "--each-task",
+        action="store_true",
+        help="train one model per task instead of one joint model (train.exclusive=true)",
     )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="dev metrics of a run's best model (overrides may point at other files)")

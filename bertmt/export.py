@@ -44,6 +44,15 @@ def export(cfg: ExperimentConfig, run: RunDir, out: Path, fmt: str) -> Path:
             f"{run.path} trains projected attention layers (model.pals): they are part of the encoder and "
             "a Hugging Face BertModel has no place for them"
         )
+    if cfg.train.exclusive:
+        raise ValueError(
+            f"{run.path} trained one model per task (train.exclusive): export one of {run.task_models}"
+        )
+    if model_cfg.model.experts.count:
+        raise ValueError(
+            f"{run.path} trains combined experts (model.experts): a Hugging Face BertModel has one set of "
+            "top layers and no gates"
+        )
     if fmt == "sentence-transformers" and model_cfg.model.pooling not in ST_POOLING:
         raise ValueError(
             f"model.pooling={model_cfg.model.pooling!r} has no sentence-transformers equivalent "

@@ -101,8 +101,11 @@ def train(cfg: ExperimentConfig, allow_config_change: bool = False, on_epoch=Non
     """Train the run of ``cfg`` (or resume it) and write its predictions and reports; returns the exit code.
     Every rank calls this; rank 0 holds the run directory's lock. ``on_epoch``: see Trainer.fit (rank 0's
     callback after every epoch; True prunes the run). Phased runs take none."""
-    if on_epoch is not None and cfg.phases:
-        raise ConfigError("phases: a phased run cannot report to a study after every epoch (bertmt tune)")
+    if on_epoch is not None and (cfg.phases or cfg.train.exclusive):
+        raise ConfigError(
+            "phases / train.exclusive: a run of several models cannot report to a study after every epoch "
+            "(bertmt tune)"
+        )
     dist_env.slurm_env_to_torch()
     check_inputs(cfg)  # before any work: a missing file or model creates no run directory
     run = RunDir(cfg.run.dir)
@@ -134,7 +137,12 @@ def _train_locked(cfg: ExperimentConfig, run: RunDir, on_epoch=None) -> int:
     start = time.time()
     try:
         with logging_redirect_tqdm():
-            is_main = _train_phases(cfg, start) if cfg.phases else _train_single(cfg, start, on_epoch)
+            if cfg.phases:
+                is_main = _train_phases(cfg, start)
+            elif cfg.train.exclusive:
+                is_main = _train_each_task(cfg, start)
+            else:
+                is_main = _train_single(cfg, start, on_epoch)
     except Pruned as exc:
         log.info("%s", exc)
         if dist_env.rank() == 0:
@@ -157,7 +165,7 @@ def _train_locked(cfg: ExperimentConfig, run: RunDir, on_epoch=None) -> int:
     if is_main:
         predict_run(cfg, run, "test")  # dev predictions were written with the best model
         if cfg.run.reports:
-            if not cfg.phases:
+            if not (cfg.phases or cfg.train.exclusive):  # those plot each of their runs
                 _plot(run)
             evaluate_run(cfg, run, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
     return 0
@@ -229,6 +237,25 @@ def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
     return is_main
 
 
+def _train_each_task(cfg: ExperimentConfig, start: float) -> bool:
+    from bertmt.engine.exclusive import run_each_task
+
+    def plot_model(task_cfg, trainer) -> None:
+        if trainer.is_main and cfg.run.reports:
+            _plot(RunDir(task_cfg.run.dir))
+
+    metrics, models = run_each_task(cfg, plot_model)
+    is_main = dist_env.rank() == 0
+    if is_main:
+        extra = {
+            "run directory": cfg.run.dir,
+            "wall time": f"{time.time() - start:.0f} s",
+            "models": ", ".join(f"{m['task']} (best epoch {m['best_epoch']})" for m in models),
+        }
+        print(summary("bertmt train --each-task: every task's own model, best dev metrics", metrics, extra))
+    return is_main
+
+
 # ----------------------------------------------------------------------------------------- finished runs
 
 
@@ -242,6 +269,9 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> ExperimentConf
 
 def _model_epoch(run: RunDir) -> str:
     """Which epoch the best model is from, and whether the run has finished."""
+    if run.task_models_json.is_file():  # train.exclusive
+        models = run.read_json(run.task_models_json)
+        return "each task's own model: " + ", ".join(f"{m['task']} epoch {m['best_epoch']}" for m in models)
     info = run.read_json(run.best_info) if run.best_info.is_file() else {}
     state = "" if run.status() == "finished" else f" (the run is {run.status()}: not its final best model)"
     return f"best model of epoch {info.get('epoch', '?')}{state}"
@@ -268,7 +298,8 @@ def evaluate(run_dir: str | Path, overrides: list[str] = ()) -> tuple[dict, Path
     names = (stamp if i == 1 else f"{stamp}-{i}" for i in range(1, 1000))
     out = next(run.eval / n for n in names if not (run.eval / n).exists())
     metrics, out = evaluate_run(cfg, run, reports=True, out=out)
-    for done in [run, *(RunDir(p) for p in sorted(run.phases.glob("*")))]:  # curves of what trained
+    subs = [*sorted(run.phases.glob("*")), *sorted(run.task_models.glob("*"))]
+    for done in [run, *(RunDir(p) for p in subs)]:  # curves of what trained
         if done.history.is_file() and done.tensorboard.is_dir():
             _plot(done)
     return metrics, out, _model_epoch(run)

@@ -71,6 +71,8 @@ class RunDir:
     eval = property(lambda self: self.path / "eval")
     phases = property(lambda self: self.path / "phases")
     phases_json = property(lambda self: self.path / "phases.json")
+    task_models = property(lambda self: self.path / "tasks")  # train.exclusive: one run per task
+    task_models_json = property(lambda self: self.path / "tasks.json")
     lock_file = property(lambda self: self.path / ".lock")
 
     def prediction(self, task: str, split: str) -> Path:
@@ -80,9 +82,14 @@ class RunDir:
         """Phase ``index`` (0-based) of a phased run: a run directory of its own."""
         return RunDir(self.phases / f"{index + 1}-{name}")
 
+    def task_model(self, head: str) -> RunDir:
+        """The run of head ``head``'s own model in an exclusive run (train.exclusive)."""
+        return RunDir(self.task_models / head)
+
     def has_checkpoint(self) -> bool:
-        """Whether training has saved anything to resume from (here or in a phase)."""
-        return self.latest.is_file() or any(RunDir(p).latest.is_file() for p in self.phases.glob("*"))
+        """Whether training has saved anything to resume from (here, in a phase or in a task's own run)."""
+        subs = [*self.phases.glob("*"), *self.task_models.glob("*")]
+        return self.latest.is_file() or any(RunDir(p).latest.is_file() for p in subs)
 
     def status(self) -> str:
         """finished (metrics.json), failed (failed.json: the error that ended it), pruned (pruned.json: a

@@ -15,6 +15,7 @@ from bertmt.config.loading import (
     phase_configs,
     read_yaml,
     save_config,
+    task_configs,
     to_dict,
 )
 from bertmt.config.mtl import MtlConfig, SmartConfig
@@ -47,6 +48,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "phase_configs",
+    "task_configs",
     "read_yaml",
     "save_config",
     "to_dict",

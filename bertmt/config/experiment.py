@@ -73,6 +73,12 @@ class ExperimentConfig:
             self.train.grad_accum,
         )
         check(
+            not (self.train.exclusive and self.phases),
+            "train.exclusive",
+            "false in a phased run (phases continue one model; exclusive trains one per task)",
+            self.train.exclusive,
+        )
+        check(
             self.optim.name != "adafactor" or self.train.zero_stage == 0,
             "train.zero_stage",
             "0 with optim.name=adafactor (ZeRO hands the optimiser flat 1-D partitions, whose second moments "
@@ -126,6 +132,13 @@ class ExperimentConfig:
             "mlp or cnn with model.pooling=pooler (an LSTM head pools its own states: mean, max, cls or "
             "attention)",
             self.head_arch(name),
+        )
+        check(
+            not (self.head_arch(name) == "lstm" and self.train.zero_stage >= 2),
+            "train.zero_stage",
+            f"0 or 1 with an LSTM head (tasks.{name}): at ZeRO 2, 2 ranks do not reproduce 1 rank's LSTM "
+            "update (tests/distributed/test_equivalence.py; not understood yet)",
+            self.train.zero_stage,
         )
         check(
             task.head is None or task.head_arch is None,

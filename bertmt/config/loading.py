@@ -3,6 +3,7 @@ phased run; saving. The only code that parses configuration."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -196,6 +197,25 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
             out.append((name, _build_dataclass(ExperimentConfig, tree, "")))
         except ConfigError as exc:
             raise ConfigError(f"{key} ('{name}'): {exc}") from exc
+    return out
+
+
+def task_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """train.exclusive: per head, the config of its own model: that task and the datasets sharing its head,
+    every other setting as configured, in ``<run.dir>/tasks/<task>``. Errors name the task."""
+    base = to_dict(cfg)
+    base["train"]["exclusive"] = False
+    out = []
+    for head in (t for t in cfg.tasks if cfg.tasks[t].head is None):
+        tree = copy.deepcopy(base)
+        tree["tasks"] = {t: v for t, v in base["tasks"].items() if cfg.head_of(t) == head}
+        if tree["schedule"]["epoch_task"] not in tree["tasks"]:
+            tree["schedule"]["epoch_task"] = None
+        tree["run"]["dir"] = str(RunDir(cfg.run.dir).task_model(head).path)
+        try:
+            out.append((head, _build_dataclass(ExperimentConfig, tree, "")))
+        except ConfigError as exc:
+            raise ConfigError(f"train.exclusive: the model of task '{head}': {exc}") from exc
     return out
 
 

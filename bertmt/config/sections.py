@@ -48,6 +48,18 @@ class PalConfig:
 
 
 @dataclass
+class ExpertsConfig:
+    """Combined experts (MMoE): the top encoder layers duplicated, mixed per task by a softmax gate."""
+
+    count: int = 0  # experts (0: off; >= 2: the top `layers` layers exist this many times, all pretrained)
+    layers: int = 2  # top encoder layers that each expert has (the layers below stay shared)
+
+    def __post_init__(self) -> None:
+        check(self.count == 0 or self.count >= 2, "model.experts.count", "0 (off) or >= 2", self.count)
+        check(self.layers >= 1, "model.experts.layers", "an integer >= 1", self.layers)
+
+
+@dataclass
 class ModelConfig:
     pretrained: str = (
         "minilm"  # directory with config.json + weights, a hub name in the HF cache, or "minilm"
@@ -65,6 +77,7 @@ class ModelConfig:
     dropout: float = 0.1  # dropout before every head layer
     pair_encoding: Literal["cross", "siamese"] = "cross"  # default for pair tasks (see TaskConfig)
     pals: PalConfig = field(default_factory=PalConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def __post_init__(self) -> None:
         check(0.0 <= self.dropout < 1.0, "model.dropout", "a float in [0, 1)", self.dropout)
@@ -89,7 +102,9 @@ class TaskConfig:
     type: str | None = None  # registry task whose format and head this dataset has (default: the key)
     head: str | None = None  # share the head (and PALs) of this other configured task (same label space)
     sample_weight: float = 1.0  # multiplier on this dataset's sampling probability (not for round_robin)
-    head_arch: Literal["mlp", "lstm", "cnn"] | None = None  # this head's architecture (default model.head_arch)
+    head_arch: Literal["mlp", "lstm", "cnn"] | None = (
+        None  # this head's architecture (default model.head_arch)
+    )
     pair_encoding: Literal["cross", "siamese"] | None = None  # pair tasks (default model.pair_encoding):
     # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
     pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
@@ -168,6 +183,9 @@ class TrainConfig:
     dist_timeout_s: int = 600  # a collective waiting longer than this fails (a crashed rank ends the run)
     freeze_encoder: bool = False  # train only task-specific parameters (heads, PALs)
     patience: int | None = None  # stop after this many epochs without a better dev overall score
+    exclusive: bool = False  # one model per task (with the datasets sharing its head), each trained alone
+    # with these settings in <run.dir>/tasks/<task>; eval and predict route each task to its model
+    # (`bertmt train CONFIG --each-task`). Compare with joint training on equal budgets via batches_per_epoch
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)

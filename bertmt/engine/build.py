@@ -11,7 +11,7 @@ import torch
 
 from bertmt.config import ExperimentConfig
 from bertmt.model import BertConfig, BertModel, load_encoder
-from bertmt.model.multitask import HeadSpec, MultitaskModel, PalSpec
+from bertmt.model.multitask import ExpertSpec, HeadSpec, MultitaskModel, PalSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def head_specs(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
 
 
 def _assemble(cfg: ExperimentConfig, encoder: BertModel) -> MultitaskModel:
-    pals = cfg.model.pals
+    pals, experts = cfg.model.pals, cfg.model.experts
     torch.manual_seed(cfg.run.seed)  # heads start the same on every rank and on every rerun
     return MultitaskModel(
         encoder,
@@ -53,6 +53,7 @@ def _assemble(cfg: ExperimentConfig, encoder: BertModel) -> MultitaskModel:
         cfg.model.dropout,
         head_of={t: cfg.head_of(t) for t in cfg.tasks},
         pals=PalSpec(pals.size, pals.heads, pals.shared) if pals.enabled else None,
+        experts=ExpertSpec(experts.count, experts.layers) if experts.count else None,
     )
 
 
@@ -73,7 +74,7 @@ def build_model(cfg: ExperimentConfig, init_from: Path | None = None) -> Multita
             raise ValueError(f"{init_from} does not fit this phase's model: {bad[:5]} ...")
         log.info("weights from %s%s", init_from, " (PALs added at zero)" if missing else "")
     if cfg.train.freeze_encoder:
-        for p in model.encoder.parameters():
+        for p in model.shared_parameters():  # the encoder and its experts' layers
             p.requires_grad_(False)
         log.info("encoder frozen: training heads%s only", " and PALs" if model.pals is not None else "")
     return model

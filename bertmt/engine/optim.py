@@ -76,7 +76,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """optim.name over ``groups``: torch's AdamW, or the drop-ins of pytorch-optimizer (pinned in setup.py)."""
+    """optim.name over ``groups``: torch's AdamW, or a drop-in of pytorch-optimizer (pinned in setup.py)."""
     betas = tuple(cfg.betas)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)

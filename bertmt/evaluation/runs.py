@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from bertmt.config import ExperimentConfig, phase_configs
+from bertmt.config import ExperimentConfig, phase_configs, task_configs
 from bertmt.engine.build import load_trained
+from bertmt.evaluation.metrics import overall_score
 from bertmt.evaluation.predict import (
     CS224N_FILES,
     evaluate_tasks,
@@ -37,6 +38,15 @@ def final_run(cfg: ExperimentConfig, run: RunDir) -> tuple[ExperimentConfig, Run
     return last, RunDir(run.phases / Path(last.run.dir).name)  # the run may have moved since training
 
 
+def routes(cfg: ExperimentConfig, run: RunDir) -> list[tuple[ExperimentConfig, ExperimentConfig, RunDir]]:
+    """Which model answers which tasks, as (config of the tasks, config of the model, its run): the run's
+    final model for all tasks, or (train.exclusive) each task's own model for that task and the datasets
+    sharing its head. The tasks' configs keep ``cfg``'s overrides (e.g. other dev files)."""
+    if not cfg.train.exclusive:
+        return [(cfg, *final_run(cfg, run))]
+    return [(task_cfg, task_cfg, run.task_model(head)) for head, task_cfg in task_configs(cfg)]
+
+
 def _load(cfg: ExperimentConfig, run: RunDir):
     for needed in (run.best_model, run.tokenizer, run.encoder_config):
         if not needed.is_file():
@@ -53,15 +63,22 @@ def evaluate_model(
     the run's reports/dev/ (after training). Returns the metrics and the directory written."""
     from bertmt.evaluation.task_reports import write_task_report
 
-    model_cfg, model_run = final_run(cfg, run)
-    model, tokenizer = _load(model_cfg, model_run)
-    loader, tasks = cfg.data.loader(tokenizer), cfg.resolved_tasks()
-    data = {t: d for t in tasks if (d := loader.read(tasks[t], "dev")) is not None}
-    encoded = {t: loader.encode(tasks[t], d) for t, d in data.items()}
+    data, encoded, metrics, outputs = {}, {}, {}, {}
+    for tasks_cfg, model_cfg, model_run in routes(cfg, run):
+        model, tokenizer = _load(model_cfg, model_run)
+        loader, tasks = cfg.data.loader(tokenizer), tasks_cfg.resolved_tasks()
+        part = {t: d for t in tasks if (d := loader.read(tasks[t], "dev")) is not None}
+        part_encoded = {t: loader.encode(tasks[t], d) for t, d in part.items()}
+        specs = {t: cfg.task_spec(t) for t in part_encoded}
+        part_metrics, part_outputs = evaluate_tasks(
+            model, specs, part_encoded, cfg.data.eval_batch_size, _device(), sharded=False
+        )
+        data |= part
+        encoded |= part_encoded
+        outputs |= part_outputs
+        metrics |= {t: m for t, m in part_metrics.items() if t != "overall"}
     specs = {t: cfg.task_spec(t) for t in encoded}
-    metrics, outputs = evaluate_tasks(
-        model, specs, encoded, cfg.data.eval_batch_size, _device(), sharded=False
-    )
+    metrics["overall"] = overall_score(metrics, specs)
     target = out or run.reports
     target.mkdir(parents=True, exist_ok=True)
     if out is not None:
@@ -78,11 +95,27 @@ def predict_model(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "be
     """Predictions of every task with a file for ``split``: predictions/<task>-<split>.csv, or with
     ``fmt="cs224n"`` the starter code's files predictions/cs224n/<sst|para|sts>-<split>-output.csv (the
     datasets sst, quora and sts only)."""
-    model_cfg, model_run = final_run(cfg, run)
+    written = []
+    written = []
+    for tasks_cfg, model_cfg, model_run in routes(cfg, run):
+        written += _predict_route(cfg, tasks_cfg, model_cfg, model_run, run, split, fmt)
+    return written
+
+
+def _predict_route(
+    cfg: ExperimentConfig,
+    tasks_cfg: ExperimentConfig,
+    model_cfg: ExperimentConfig,
+    model_run: RunDir,
+    run: RunDir,
+    split: str,
+    fmt: str,
+) -> list[Path]:
+    """Predictions of ``tasks_cfg``'s tasks by the model of ``model_run``, written into ``run``."""
     model, tokenizer = _load(model_cfg, model_run)
     written = []
     loader = cfg.data.loader(tokenizer)
-    for task, resolved in cfg.resolved_tasks().items():
+    for task, resolved in tasks_cfg.resolved_tasks().items():
         if fmt == "cs224n" and task not in CS224N_FILES:
             log.info("%s: not one of the CS224N files %s, skipped", task, sorted(CS224N_FILES))
             continue

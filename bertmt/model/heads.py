@@ -88,7 +88,8 @@ def reader(arch: HeadArch, pooling: Pooling, width: int, lstm_size: int, kernels
 
 
 class TaskHead(nn.Module):
-    """Reader (pooling, or a BiLSTM / CNN over the tokens) + MLP. A siamese pair head sees ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
+    """Reader (pooling, or a BiLSTM / CNN over the tokens) + MLP. A siamese pair head sees
+    ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
     (``cosine``: one regression value, or the logit of class 1 of a binary task), or both."""
 
     def __init__(

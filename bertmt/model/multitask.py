@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bertmt.model.bert import BertModel, EncoderOutput
+from bertmt.model.experts import Experts
 from bertmt.model.heads import HeadArch, PairFeatures, Pooling, TaskHead
 from bertmt.model.pals import ProjectedAttention
 
@@ -27,6 +28,12 @@ class HeadSpec:
 
 
 @dataclass
+class ExpertSpec:
+    count: int = 2  # experts (copies of the top layers)
+    layers: int = 2  # top encoder layers each expert has
+
+
+@dataclass
 class PalSpec:
     size: int = 204
     heads: int = 12
@@ -38,7 +45,8 @@ class MultitaskModel(nn.Module):
     -> (B, out_size) raw head outputs.
 
     Cross-encoded pairs arrive joined as one sequence; siamese pairs as two (``*_b`` is the second sentence).
-    ``head_of`` maps datasets to heads (several datasets may share one); PALs, when given, are per head.
+    ``head_of`` maps datasets to heads (several datasets may share one); PALs, when given, are per head, and
+    so are the experts' gates.
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class MultitaskModel(nn.Module):
         dropout: float,
         head_of: dict[str, str] | None = None,
         pals: PalSpec | None = None,
+        experts: ExpertSpec | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -90,18 +99,27 @@ class MultitaskModel(nn.Module):
                 }
             )
 
+        self.experts = None
+        if experts is not None:
+            self.experts = Experts(encoder, experts.count, experts.layers, list(heads))
+
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task uses (the encoder): the ones gradient surgery projects."""
-        return list(self.encoder.parameters())
+        """Parameters every task uses (the encoder and its experts' layers): the ones surgery projects."""
+        experts = list(self.experts.copies.parameters()) if self.experts is not None else []
+        return list(self.encoder.parameters()) + experts
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters only ``task`` (and datasets sharing its head) uses: head and PALs. Never projected."""
+        """Parameters only ``task`` (and datasets sharing its head) uses: head, PALs and expert gate. Never
+        projected."""
         name = self.head_of[task]
         own = list(self.heads[name].parameters())
-        return own + (list(self.pals[name].parameters()) if self.pals is not None else [])
+        own += list(self.pals[name].parameters()) if self.pals is not None else []
+        return own + (list(self.experts.gates[name].parameters()) if self.experts is not None else [])
 
     def _encode(self, name: str, ids, mask, types) -> EncoderOutput:
         extra = self.pals[name] if self.pals is not None else None
+        if self.experts is not None:
+            return self.experts(self.encoder, name, ids, mask, types, extra)
         return self.encoder(ids, mask, types, extra)
 
     def forward(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bertmt.model import BertConfig, BertModel
-from bertmt.model.multitask import HeadSpec, MultitaskModel, PalSpec
+from bertmt.model.multitask import ExpertSpec, HeadSpec, MultitaskModel, PalSpec
 
 
 def tiny_encoder(seed: int = 0, layers: int = 2) -> BertModel:
@@ -23,9 +23,16 @@ def tiny_encoder(seed: int = 0, layers: int = 2) -> BertModel:
     return BertModel(cfg).eval()
 
 
-def tiny_model(pals: PalSpec | None = None, pooling="mean", heads=None, seed: int = 0) -> MultitaskModel:
+def tiny_model(
+    pals: PalSpec | None = None,
+    pooling="mean",
+    heads=None,
+    seed: int = 0,
+    experts: ExpertSpec | None = None,
+    layers: int = 2,
+) -> MultitaskModel:
     heads = heads or {"sst": HeadSpec(5), "quora": HeadSpec(2), "sts": HeadSpec(1, output_bias=2.5)}
-    model = MultitaskModel(tiny_encoder(seed), heads, pooling, [16], 0.0, pals=pals)
+    model = MultitaskModel(tiny_encoder(seed, layers), heads, pooling, [16], 0.0, pals=pals, experts=experts)
     return model.eval()
 
 

@@ -18,7 +18,9 @@ def test_plateau_replays_torch_reduce_lr_on_plateau(seed):
     scores = list(np.round(rng.random(12), 1))  # rounded: ties (no improvement) are common
     for patience in (0, 1, 2):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", factor=0.5, patience=patience, threshold=0)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, "max", factor=0.5, patience=patience, threshold=0
+        )
         plateau = Plateau(0.5, patience)
         for n, score in enumerate(scores, 1):
             ref.step(score)

@@ -1,0 +1,76 @@
+"""Exclusive training (ExTraBERT: one model per task beat their multitask model): ``train.exclusive`` trains
+the model of every head alone, one after another, each a complete run directory ``<run.dir>/tasks/<task>``
+(config, checkpoints, best/, metrics.json). A task's run with a metrics.json is finished and skipped, so an
+exclusive run started again resumes inside the task it stopped in. The top-level directory gets the whole
+config, ``tasks.json`` (each model's best epoch and metrics) and ``metrics.json``: every task's metrics from
+its own model, and their overall score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch.distributed as dist
+
+from bertmt import dist_env
+from bertmt.config import ExperimentConfig, save_config, task_configs
+from bertmt.engine.runtime import setup_logging
+from bertmt.evaluation.metrics import overall_score
+from bertmt.files import atomic_write
+from bertmt.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[dict]]:
+    """Train every task's model; returns the combined metrics and one summary per model. ``on_task_end(
+    task_cfg, trainer)`` runs on every rank after each model that trained (e.g. to plot it)."""
+    from bertmt.engine.trainer import Trainer
+
+    run = RunDir(cfg.run.dir)
+    setup_logging(None, dist_env.rank())
+    configs = task_configs(cfg)
+    summaries = []
+    for i, (head, task_cfg) in enumerate(configs):
+        task_run = RunDir(task_cfg.run.dir)
+        if task_run.metrics.is_file():
+            log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), head)
+        else:
+            start = time.time()
+            trainer = Trainer(task_cfg)
+            if trainer.is_main:
+                save_config(cfg, run.config)
+            log.info(
+                "model %d/%d: %s alone, in %s", i + 1, len(configs), sorted(task_cfg.tasks), task_run.path
+            )
+            try:
+                trainer.fit()
+                if dist.is_initialized():
+                    dist.barrier()  # every rank reads the metrics.json that rank 0 has just written
+            finally:
+                trainer.close(keep_process_group=i + 1 < len(configs))
+            log.info("model of %s done in %.0f s", head, time.time() - start)
+            if on_task_end is not None:
+                on_task_end(task_cfg, trainer)
+        summaries.append(
+            {
+                "task": head,
+                "dir": str(task_run.path),
+                "best_epoch": task_run.read_json(task_run.best_info)["epoch"],
+                "metrics": task_run.read_metrics(),
+            }
+        )
+    metrics = combined_metrics(cfg, [s["metrics"] for s in summaries])
+    if dist_env.rank() == 0:
+        atomic_write(run.task_models_json, json.dumps(summaries, indent=2))
+        atomic_write(run.metrics, json.dumps(metrics, indent=2))
+    return metrics, summaries
+
+
+def combined_metrics(cfg: ExperimentConfig, per_model: list[dict]) -> dict:
+    """Every task's metrics from its own model, and the overall score over all of them."""
+    merged = {t: m for metrics in per_model for t, m in metrics.items() if t != "overall"}
+    specs = {t: cfg.task_spec(t) for t in merged}
+    return {**merged, "overall": overall_score(merged, specs)}
