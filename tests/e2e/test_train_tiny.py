@@ -134,7 +134,7 @@ def test_bad_override_value_fails_before_training(tmp_path):
     proc = bertmt("train", str(QUICKSTART), f"run.dir={tmp_path / 'r'}", "optim.schedule=step", check=False)
     assert proc.returncode == 2
     assert (
-        "config key 'optim.schedule': expected one of ['linear', 'cosine', 'constant'], got 'step'"
+        "config key 'optim.schedule': expected one of ['linear', 'cosine', 'constant', 'plateau'], got 'step'"
         in proc.stderr
     )
     assert not (tmp_path / "r").exists()
