@@ -73,6 +73,8 @@ class ModelConfig:
     lstm_size: int = 128  # lstm heads: units per direction (the head reads 2 * lstm_size)
     cnn_kernels: list[int] = field(default_factory=lambda: [2, 3, 4])  # cnn heads: window widths
     cnn_channels: int = 64  # cnn heads: filters per window width
+    segment_pooling: Literal["mean", "max", "attention"] = "mean"  # data.long_inputs=chunk: one vector per
+    # record from its segments' vectors (attention: a learned query per head)
     head_hidden: list[int] = field(default_factory=list)  # hidden layer widths of each task head's MLP
     dropout: float = 0.1  # dropout before every head layer
     pair_encoding: Literal["cross", "siamese"] = "cross"  # default for pair tasks (see TaskConfig)
@@ -119,6 +121,13 @@ class DataConfig:
     strict: bool = False  # raise on the first malformed record instead of reporting and skipping it
     cache_dir: str | None = None  # tokenised-data cache (default: $XDG_CACHE_HOME/bertmt or ~/.cache/bertmt)
     eval_batch_size: int = 128  # batch size for evaluation and prediction
+    long_inputs: Literal["truncate", "chunk"] = "truncate"  # single-sentence tasks longer than max_length:
+    # truncate, or chunk ("Hierarchical BERT"): overlapping segments encoded as one batch, their vectors
+    # pooled by model.segment_pooling (pair tasks are always truncated)
+    chunk_overlap: int = 32  # chunk: word pieces shared by consecutive segments
+    max_segments: int = (
+        8  # chunk: segments per record at most (the rest of a longer record is dropped, logged)
+    )
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -129,14 +138,25 @@ class DataConfig:
 
     def loader(self, tokenizer):
         """A :class:`bertmt.data.loading.Loader` with these settings."""
+        from bertmt.data.batching import Chunking
         from bertmt.data.loading import Loader
 
-        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict)
+        chunking = None
+        if self.long_inputs == "chunk":
+            chunking = Chunking(self.max_length, self.chunk_overlap, self.max_segments)
+        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict, chunking)
 
     def __post_init__(self) -> None:
         check(8 <= self.max_length <= 512, "data.max_length", "an integer in [8, 512]", self.max_length)
         check(self.bucket_pool >= 1, "data.bucket_pool", "an integer >= 1", self.bucket_pool)
         check(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(
+            self.long_inputs != "chunk" or 0 <= self.chunk_overlap <= (self.max_length - 2) // 2,
+            "data.chunk_overlap",
+            f"an integer in [0, {(self.max_length - 2) // 2}] (at most half a segment's word pieces)",
+            self.chunk_overlap,
+        )
+        check(self.max_segments >= 1, "data.max_segments", "an integer >= 1", self.max_segments)
 
 
 @dataclass

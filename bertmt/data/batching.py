@@ -1,4 +1,5 @@
-"""Tokenisation (once per dataset, cached on disk), length bucketing and dynamic padding."""
+"""Tokenisation (once per dataset, cached on disk), length bucketing and dynamic padding; long inputs split
+into overlapping segments (``data.long_inputs=chunk``) at collation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,37 @@ from bertmt.data.readers import TaskData
 from bertmt.files import atomic_path
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """``data.long_inputs=chunk``: a row longer than ``max_length`` becomes segments ``[CLS] w [SEP]`` of
+    windows ``w`` of ``max_length - 2`` word pieces that overlap by ``overlap`` pieces, at most
+    ``max_segments`` of them (the pieces beyond are dropped, and counted in the log when the data is
+    tokenised)."""
+
+    max_length: int
+    overlap: int
+    max_segments: int
+
+    def windows(self, pieces: int) -> list[tuple[int, int]]:
+        """[start, end) of each segment's word pieces, for a row of ``pieces`` word pieces (without its
+        [CLS] and [SEP])."""
+        width = self.max_length - 2
+        step = width - self.overlap
+        out = [(0, min(width, pieces))]
+        while out[-1][1] < pieces and len(out) < self.max_segments:
+            start = out[-1][0] + step
+            out.append((start, min(start + width, pieces)))
+        return out
+
+    def split(self, row: np.ndarray) -> list[np.ndarray]:
+        """The segments of one tokenised row ``[CLS] pieces [SEP]``: the row itself when it fits."""
+        if len(row) <= self.max_length:
+            return [row]
+        cls, body, sep = row[:1], row[1:-1], row[-1:]
+        return [np.concatenate([cls, body[a:b], sep]) for a, b in self.windows(len(body))]
 
 
 @dataclass
@@ -29,6 +60,7 @@ class Encoded:
     offsets: np.ndarray  # (N + 1,) int64, row i is [offsets[i], offsets[i+1])
     labels: np.ndarray | None  # (N,) float32 or None
     second: Encoded | None = None  # siamese pairs: the second sentences (this one holds the first)
+    chunking: Chunking | None = None  # long rows kept whole, split into segments by collate()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,7 +72,7 @@ class Encoded:
         return own if self.second is None else own + self.second.lengths
 
 
-def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool) -> str:
+def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool, chunking) -> str:
     stat = os.stat(data.path)
     h = hashlib.sha256()
     for part in (
@@ -50,6 +82,7 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: b
         stat.st_mtime_ns,
         max_length,
         siamese,
+        chunking,
         len(data),
         tokenizer.to_str(),
     ):
@@ -76,16 +109,21 @@ def encode(
     max_length: int,
     cache_dir: str | Path | None,
     siamese: bool = False,
+    chunking: Chunking | None = None,
 ) -> Encoded:
     """Tokenise every record of ``data`` (pairs as one sequence, or each sentence alone when ``siamese``),
-    reusing an on-disk cache when present."""
-    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # before the key: part of it
-    key = _cache_key(data, tokenizer, max_length, siamese)
+    reusing an on-disk cache when present. With ``chunking`` (single sentences) rows are kept whole."""
+    if chunking is None:
+        tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # part of the key
+    else:
+        tokenizer.no_truncation()
+    key = _cache_key(data, tokenizer, max_length, siamese, chunking)
     path = Path(cache_dir) / f"{data.task}-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         try:
             cached = torch.load(path, weights_only=False)
             second = cached.pop("second")
+            cached["chunking"] = chunking
             return Encoded(**cached, second=None if second is None else Encoded(**second))
         except Exception as exc:  # truncated or foreign file: torch and pickle raise many kinds
             log.warning("tokenisation cache %s is unreadable (%r): tokenising again", path, exc)
@@ -96,9 +134,13 @@ def encode(
         enc.second = _tokenise(tokenizer, [t[1] for t in data.texts], ids, None)
     else:
         enc = _tokenise(tokenizer, [t if len(t) == 2 else t[0] for t in data.texts], ids, labels)
+    enc.chunking = chunking
+    if chunking is not None:
+        _log_chunking(data.task, enc, chunking)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = dict(enc.__dict__, second=None if enc.second is None else enc.second.__dict__)
+        state.pop("chunking")
         with atomic_path(path) as tmp:  # concurrent ranks never read a half-written cache
             torch.save(state, tmp)
     lengths = enc.lengths
@@ -113,25 +155,60 @@ def encode(
     return enc
 
 
+def _log_chunking(task: str, enc: Encoded, chunking: Chunking) -> None:
+    pieces = np.diff(enc.offsets) - 2
+    long = pieces > chunking.max_length - 2
+    if not long.any():
+        return
+    covered = np.array([chunking.windows(int(n))[-1][1] for n in pieces[long]])
+    cut = int((covered < pieces[long]).sum())
+    log.info(
+        "%s: %d of %d records longer than %d tokens, split into segments (overlap %d)%s",
+        task,
+        int(long.sum()),
+        len(enc),
+        chunking.max_length,
+        chunking.overlap,
+        f"; {cut} of them exceed data.max_segments={chunking.max_segments} and lose their end" if cut else "",
+    )
+
+
+def _pad(sequences: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+    """(ids, types) rows -> input_ids, token_type_ids, attention_mask of (len, longest), 0-padded."""
+    width = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.zeros(len(sequences), width, dtype=torch.long)  # (B, L), 0 = [PAD]
+    token_types = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for j, (ids, types) in enumerate(sequences):
+        input_ids[j, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        token_types[j, : len(ids)] = torch.from_numpy(types.astype(np.int64))
+        mask[j, : len(ids)] = 1
+    return input_ids, token_types, mask
+
+
 def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     """Pad the given rows to their longest member (dynamic padding). Siamese pairs add ``input_ids_b`` and
-    ``attention_mask_b`` (the second sentences)."""
-    lengths = np.diff(enc.offsets)[rows]
-    width = int(lengths.max())
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, L), 0 = [PAD]
-    token_types = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for j, (row, n) in enumerate(zip(rows, lengths)):
-        start = enc.offsets[row]
-        input_ids[j, :n] = torch.from_numpy(enc.input_ids[start : start + n].astype(np.int64))
-        token_types[j, :n] = torch.from_numpy(enc.token_types[start : start + n].astype(np.int64))
-        mask[j, :n] = 1
+    ``attention_mask_b`` (the second sentences). With ``enc.chunking``, every row becomes its segments (one
+    row per segment) and ``segment_of`` (S,) names the batch row each segment belongs to."""
+    sequences, owner = [], []
+    for j, row in enumerate(rows):
+        a, b = enc.offsets[row], enc.offsets[row + 1]
+        ids, types = enc.input_ids[a:b], enc.token_types[a:b]
+        if enc.chunking is None:
+            sequences.append((ids, types))
+            continue
+        for segment in enc.chunking.split(ids):
+            sequences.append((segment, np.zeros_like(segment)))  # single sentences: token type 0
+            owner.append(j)
+    input_ids, token_types, mask = _pad(sequences)
     batch = {
         "input_ids": input_ids,
         "attention_mask": mask,
         "token_type_ids": token_types,
         "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64)),
     }
+    if enc.chunking is not None:
+        batch["segment_of"] = torch.tensor(owner, dtype=torch.long)
     if enc.labels is not None:
         batch["labels"] = torch.from_numpy(enc.labels[rows])
     if enc.second is not None:
@@ -140,7 +217,14 @@ def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return batch
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "input_ids_b",
+    "attention_mask_b",
+    "segment_of",
+)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bertmt.data.batching import Encoded, encode
+from bertmt.data.batching import Chunking, Encoded, encode
 from bertmt.data.readers import DataError, TaskData, check_task_file, read_task_file
 from bertmt.data.tasks import Task
 
@@ -16,11 +16,19 @@ SPLITS = ("train", "dev", "test")
 
 class Loader:
     """Reads a task's split (``strict``: raise on a malformed record) and tokenises it with ``tokenizer`` at
-    ``max_length`` tokens, cached in ``cache_dir``."""
+    ``max_length`` tokens, cached in ``cache_dir``; with ``chunking``, single-sentence tasks keep long rows
+    whole (split into segments when batched), pair tasks are truncated as always."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, cache_dir: Path, strict: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        max_length: int,
+        cache_dir: Path,
+        strict: bool = False,
+        chunking: Chunking | None = None,
+    ) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.cache_dir, self.strict = cache_dir, strict
+        self.cache_dir, self.strict, self.chunking = cache_dir, strict, chunking
 
     def read(self, task: Task, split: str) -> TaskData | None:
         """The valid records of ``task``'s ``split`` file, or None when no such file is configured."""
@@ -30,7 +38,8 @@ class Loader:
         return read_task_file(path, task.spec, labelled=split != "test", strict=self.strict)
 
     def encode(self, task: Task, data: TaskData) -> Encoded:
-        return encode(data, self.tokenizer, self.max_length, self.cache_dir, task.siamese)
+        chunking = None if task.spec.is_pair else self.chunking
+        return encode(data, self.tokenizer, self.max_length, self.cache_dir, task.siamese, chunking)
 
     def load(self, task: Task, split: str) -> Encoded | None:
         """The tokenised records of ``task``'s ``split`` file, or None when no such file is configured."""

@@ -38,6 +38,9 @@ def head_specs(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
             lstm_size=cfg.model.lstm_size,
             cnn_kernels=tuple(cfg.model.cnn_kernels),
             cnn_channels=cfg.model.cnn_channels,
+            segment_pooling=cfg.model.segment_pooling
+            if cfg.data.long_inputs == "chunk" and not spec.is_pair
+            else None,
         )
     return out
 

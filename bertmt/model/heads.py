@@ -74,6 +74,47 @@ class ScaledCosine(nn.Module):
         return score.clamp(*self.clip) if self.clip else score
 
 
+class SegmentPooler(nn.Module):
+    """Long inputs split into segments ("Hierarchical BERT"): one vector per record from its segments'
+    vectors, by mean, elementwise max, or learned attention over the segments (a zero-initialised query:
+    starts as the mean)."""
+
+    def __init__(self, how: str, width: int) -> None:
+        super().__init__()
+        self.how = how
+        if how == "attention":
+            self.key = nn.Linear(width, width, bias=False)
+            self.query = nn.Parameter(torch.zeros(width))
+
+    def forward(self, vectors: torch.Tensor, segment_of: torch.Tensor, records: int) -> torch.Tensor:
+        """vectors: (S, W) one per segment; segment_of: (S,) the record of each -> (records, W)."""
+        owner = segment_of.unsqueeze(-1).expand_as(vectors)
+        if self.how == "max":
+            init = torch.full(
+                (records, vectors.size(-1)), torch.finfo(vectors.dtype).min, dtype=vectors.dtype
+            )
+            return init.to(vectors.device).scatter_reduce(0, owner, vectors, "amax")
+        if self.how == "attention":
+            scores = self.key(vectors) @ self.query / vectors.size(-1) ** 0.5  # (S,)
+            best = torch.full(
+                (records,), torch.finfo(scores.dtype).min, dtype=scores.dtype, device=scores.device
+            )
+            best = best.scatter_reduce(0, segment_of, scores, "amax")
+            weights = (scores - best[segment_of]).exp()  # a softmax within each record
+            total = torch.zeros(records, dtype=scores.dtype, device=scores.device).index_add(
+                0, segment_of, weights
+            )
+            vectors = vectors * (weights / total[segment_of]).unsqueeze(-1)
+            return torch.zeros(
+                records, vectors.size(-1), dtype=vectors.dtype, device=vectors.device
+            ).index_add(0, segment_of, vectors)
+        sums = torch.zeros(records, vectors.size(-1), dtype=vectors.dtype, device=vectors.device)
+        counts = torch.zeros(records, dtype=vectors.dtype, device=vectors.device)
+        sums = sums.index_add(0, segment_of, vectors)
+        counts = counts.index_add(0, segment_of, torch.ones_like(segment_of, dtype=vectors.dtype))
+        return sums / counts.unsqueeze(-1)
+
+
 def reader(arch: HeadArch, pooling: Pooling, width: int, lstm_size: int, kernels: list[int], channels: int):
     """What turns the encoder's output into one vector per sequence (``.out_width`` wide)."""
     if arch == "lstm":
@@ -106,10 +147,13 @@ class TaskHead(nn.Module):
         lstm_size: int = 128,
         cnn_kernels: tuple[int, ...] = (2, 3, 4),
         cnn_channels: int = 64,
+        segment_pooling: str | None = None,
     ) -> None:
         super().__init__()
         self.pool = reader(arch, pooling, width, lstm_size, list(cnn_kernels), cnn_channels)
         width = self.pool.out_width
+        if segment_pooling is not None:  # long inputs arrive as segments (data.long_inputs=chunk)
+            self.segments = SegmentPooler(segment_pooling, width)
         self.pair_features, self.out_size = pair_features, out_size
         if pair_features in ("cosine", "both"):
             self.cosine = ScaledCosine(label_range if out_size == 1 and pair_features == "cosine" else None)

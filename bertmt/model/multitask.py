@@ -25,6 +25,7 @@ class HeadSpec:
     lstm_size: int = 128  # lstm: units per direction
     cnn_kernels: tuple[int, ...] = (2, 3, 4)  # cnn: window widths
     cnn_channels: int = 64  # cnn: filters per width
+    segment_pooling: str | None = None  # long inputs split into segments: how their vectors are pooled
 
 
 @dataclass
@@ -79,6 +80,7 @@ class MultitaskModel(nn.Module):
                     h.lstm_size,
                     h.cnn_kernels,
                     h.cnn_channels,
+                    h.segment_pooling,
                 )
                 for name, h in heads.items()
             }
@@ -130,13 +132,17 @@ class MultitaskModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         input_ids_b: torch.Tensor | None = None,
         attention_mask_b: torch.Tensor | None = None,
+        segment_of: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``segment_of`` (S,): the rows are segments of long records (all S encoded as one batch), this is
+        the record of each (records 0..B-1, in order); the head reads the pooled segments."""
         name = self.head_of[task]
         head = self.heads[name]
         if input_ids_b is None:
-            return head(
-                head.pool(self._encode(name, input_ids, attention_mask, token_type_ids), attention_mask)
-            )
+            pooled = head.pool(self._encode(name, input_ids, attention_mask, token_type_ids), attention_mask)
+            if segment_of is not None:
+                pooled = head.segments(pooled, segment_of, int(segment_of.max()) + 1)
+            return head(pooled)
         # siamese: both sentences through the encoder in one batch of 2B rows padded to a common width
         width = max(input_ids.size(1), input_ids_b.size(1))
         ids = torch.cat([_pad(input_ids, width), _pad(input_ids_b, width)])

@@ -42,6 +42,13 @@ OPTIONS = {
     "": {},
     "heads": HEADS,
     "options": HEADS | {"tasks.sst.head_arch": "lstm", "model.lstm_size": 8},
+    # long inputs in segments: at 16 tokens most SST sentences are split; a record's segments stay on its rank
+    "chunk": {
+        "data.long_inputs": "chunk",
+        "data.max_length": 16,
+        "data.chunk_overlap": 4,
+        "model.segment_pooling": "attention",
+    },
     "lion": {"optim.name": "lion", "optim.lr": 1e-3},
     "adafactor": {"optim.name": "adafactor", "optim.lr": 1e-3},
 }
@@ -125,7 +132,7 @@ CASES += [("plain+annealed", 2), ("gradvac+annealed", 1), ("pcgrad+annealed", 3)
 # the Gram methods with a solver and a state, and a loss weighting (its state from rank-averaged losses);
 # mgda on the annealed schedule: an absent task is left out of the QP, not taken as a zero gradient
 CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "uw", "dwa", "mgda+annealed")]
-CASES += [("pcgrad@options", 1), ("plain@options", 0), ("pcgrad@heads", 2)]
+CASES += [("pcgrad@options", 1), ("plain@options", 0), ("pcgrad@heads", 2), ("pcgrad@chunk", 2)]
 DROP_INS = [("plain@lion", 2), ("pcgrad@lion", 1), ("plain@adafactor", 0)]
 
 

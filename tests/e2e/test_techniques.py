@@ -1,12 +1,13 @@
 """One tiny run with every model-side technique switched on, checked through the run directory's files.
 
 Siamese pair heads (concat for Quora, scaled cosine for STS), attention pooling, PALs, SMART (adversarial +
-Bregman), and extra datasets (CFIMDB with its own head, more SST records sharing the SST head, sampled by
-weight)."""
+Bregman), extra datasets (CFIMDB with its own head, more SST records sharing the SST head, sampled by
+weight), and long inputs split into segments (CFIMDB reviews, attention over the segments)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,6 +36,10 @@ def run(tiny_pretrained, small_data, data_dir, tmp_path_factory):
         "schedule.kind=proportional",
         "train.batches_per_epoch=30",
         "mtl.smart={weight: 1.0, bregman_weight: 1.0, noise: 1.0e-3, epsilon: 1.0e-2, step_size: 1.0e-2}",
+        "data.long_inputs=chunk",
+        "data.chunk_overlap=8",
+        "data.max_segments=3",  # (CI time: a review has up to 3 x 46 pieces)
+        "model.segment_pooling=attention",
     ]
     proc = bertmt("train", str(QUICKSTART), *overrides)
     return run_dir, proc
@@ -50,6 +55,17 @@ def test_heads_follow_the_datasets_and_pair_settings(run):
     assert all(weights[f"heads.{h}.pool.query"].abs().sum() > 0 for h in heads)  # learned from zero
     assert {k.split(".")[1] for k in weights if k.startswith("pals.")} == heads
     assert weights["pals.cfimdb.decode.1.weight"].abs().sum() > 0  # per-layer V_D, learned from zero
+
+
+def test_long_reviews_are_read_in_segments(run):
+    run_dir, _ = run
+    log = (run_dir / "train.log").read_text()
+    found = re.search(r"cfimdb: (\d+) of 80 records longer than 48 tokens, split into segments", log)
+    assert found and int(found.group(1)) >= 60, log[-3000:]  # reviews run to hundreds of tokens
+    weights = load_file(str(run_dir / "best" / "model.safetensors"))
+    assert weights["heads.cfimdb.segments.query"].abs().sum() > 0  # attention over segments, learned from 0
+    assert "heads.sst.segments.query" in weights  # single sentences too (SST rarely needs two segments)
+    assert not any(k.startswith(("heads.quora.segments", "heads.sts.segments")) for k in weights)  # pairs
 
 
 def test_every_dataset_trains_and_smart_terms_are_logged(run):
