@@ -106,6 +106,11 @@ def train(cfg: ExperimentConfig, allow_config_change: bool = False, on_epoch=Non
             "phases / train.exclusive: a run of several models cannot report to a study after every epoch "
             "(bertmt tune)"
         )
+    if cfg.train.objective == "mlm" and not cfg.phases:
+        raise ConfigError(
+            "config key 'train.objective': expected tasks outside phases (mlm pre-trains the encoder in a "
+            "phase before the task phases), got 'mlm'"
+        )
     dist_env.slurm_env_to_torch()
     check_inputs(cfg)  # before any work: a missing file or model creates no run directory
     run = RunDir(cfg.run.dir)

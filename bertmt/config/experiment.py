@@ -72,6 +72,8 @@ class ExperimentConfig:
             "gradients of one optimiser step's micro-batches, and a step of one micro-batch has one task",
             self.train.grad_accum,
         )
+        if self.train.objective == "mlm":
+            self._check_mlm()
         check(
             not (self.train.exclusive and self.phases),
             "train.exclusive",
@@ -91,6 +93,18 @@ class ExperimentConfig:
             "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
             self.schedule.kind,
         )
+
+    def _check_mlm(self) -> None:
+        """What masked-language modelling (train.objective=mlm) trains with: the encoder alone."""
+        for ok, key, expected, value in [
+            (not self.mtl.per_task and self.mtl.method == "none", "mtl.method", "none", self.mtl.method),
+            (not self.mtl.smart.enabled, "mtl.smart.weight", "0 (SMART regularises task heads)", None),
+            (self.train.zero_stage != 3, "train.zero_stage", "0, 1 or 2 (the decoder is tied)", 3),
+            (self.model.experts.count == 0, "model.experts.count", "0 (experts are gated per task)", None),
+            (not self.train.exclusive, "train.exclusive", "false", True),
+            (not self.train.freeze_encoder, "train.freeze_encoder", "false (MLM trains it)", True),
+        ]:
+            check(ok, key, f"{expected} with train.objective=mlm", value)
 
     def _check_task(self, name: str, task: TaskConfig) -> None:
         from bertmt.data.tasks import TASKS

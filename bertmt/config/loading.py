@@ -197,6 +197,14 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
             out.append((name, _build_dataclass(ExperimentConfig, tree, "")))
         except ConfigError as exc:
             raise ConfigError(f"{key} ('{name}'): {exc}") from exc
+    if out:
+        last = len(out) - 1
+        check(
+            out[-1][1].train.objective == "tasks",
+            f"phases[{last}].train.objective",
+            "tasks in the last phase (an mlm phase pre-trains the encoder for the task phases after it)",
+            out[-1][1].train.objective,
+        )
     return out
 
 

@@ -203,6 +203,10 @@ class TrainConfig:
     dist_timeout_s: int = 600  # a collective waiting longer than this fails (a crashed rank ends the run)
     freeze_encoder: bool = False  # train only task-specific parameters (heads, PALs)
     patience: int | None = None  # stop after this many epochs without a better dev overall score
+    objective: Literal["tasks", "mlm"] = "tasks"  # mlm: task-adaptive pre-training, masked-language modelling
+    # of the configured tasks' training sentences (a phase before the task phases; see engine/mlm.py)
+    mlm_probability: float = 0.15  # mlm: share of the ordinary tokens predicted (80% [MASK], 10% random)
+    mlm_batch_size: int = 32  # mlm: sentences per micro-batch, per rank
     exclusive: bool = False  # one model per task (with the datasets sharing its head), each trained alone
     # with these settings in <run.dir>/tasks/<task>; eval and predict route each task to its model
     # (`bertmt train CONFIG --each-task`). Compare with joint training on equal budgets via batches_per_epoch
@@ -217,6 +221,10 @@ class TrainConfig:
         )
         check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
         check(self.patience is None or self.patience >= 1, "train.patience", "null or >= 1", self.patience)
+        check(
+            0 < self.mlm_probability < 1, "train.mlm_probability", "a float in (0, 1)", self.mlm_probability
+        )
+        check(self.mlm_batch_size >= 1, "train.mlm_batch_size", "an integer >= 1", self.mlm_batch_size)
         check(
             self.batches_per_epoch is None or self.batches_per_epoch >= 1,
             "train.batches_per_epoch",

@@ -57,25 +57,39 @@ def _assemble(cfg: ExperimentConfig, encoder: BertModel) -> MultitaskModel:
         head_of={t: cfg.head_of(t) for t in cfg.tasks},
         pals=PalSpec(pals.size, pals.heads, pals.shared) if pals.enabled else None,
         experts=ExpertSpec(experts.count, experts.layers) if experts.count else None,
+        mlm=cfg.train.objective == "mlm",
     )
 
 
 def build_model(cfg: ExperimentConfig, init_from: Path | None = None) -> MultitaskModel:
     """The model of ``cfg``: pretrained encoder + fresh heads, or (``init_from``) the weights of an earlier
-    phase's best model, where only PALs may be missing (they start at zero: the output is unchanged).
-    Parameters that this config does not train (``train.freeze_encoder``) get ``requires_grad=False``."""
+    phase's best model, where only PALs and the MLM head may be missing (PALs start at zero: the output is
+    unchanged) and an MLM phase's head is left behind. Parameters that this config does not train
+    (``train.freeze_encoder``; the task parameters of an MLM phase) get ``requires_grad=False``."""
     encoder = load_encoder(cfg.model.pretrained, attention=attention_impl(cfg))
     model = _assemble(cfg, encoder)
     if init_from is None:
         log.info("randomly initialised (not in the checkpoint): heads %s", sorted(model.heads))
+        if model.mlm is not None:
+            from bertmt.model.pretrained import read_state_dict, resolve_pretrained
+
+            own = model.mlm.load_pretrained(read_state_dict(resolve_pretrained(cfg.model.pretrained)))
+            log.info("MLM head: %s", "the checkpoint's" if own else "new (the checkpoint has none)")
     else:
         from safetensors.torch import load_file
 
-        missing, unexpected = model.load_state_dict(load_file(str(init_from)), strict=False)
-        bad = [k for k in missing if not k.startswith("pals.")] + list(unexpected)
+        state = {k: v for k, v in load_file(str(init_from)).items() if not k.startswith("mlm.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith(("pals.", "mlm."))] + list(unexpected)
         if bad:
             raise ValueError(f"{init_from} does not fit this phase's model: {bad[:5]} ...")
-        log.info("weights from %s%s", init_from, " (PALs added at zero)" if missing else "")
+        pals = any(k.startswith("pals.") for k in missing)
+        log.info("weights from %s%s", init_from, " (PALs added at zero)" if pals else "")
+    if model.mlm is not None:  # masked-language modelling trains the encoder and its MLM head only
+        shared = {id(p) for p in model.shared_parameters()} | {id(p) for p in model.mlm.parameters()}
+        for p in model.parameters():
+            if id(p) not in shared:
+                p.requires_grad_(False)
     if cfg.train.freeze_encoder:
         for p in model.shared_parameters():  # the encoder and its experts' layers
             p.requires_grad_(False)

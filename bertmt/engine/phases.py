@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dict]]:
     """Train every phase; returns the final metrics and one summary per phase. ``on_phase_end(phase_cfg,
     trainer)`` runs on every rank after each phase that trained (e.g. to plot it)."""
-    from bertmt.engine.trainer import Trainer
+    from bertmt.engine.mlm import trainer_class
 
     run = RunDir(cfg.run.dir)
     # stderr only until a phase's trainer logs into its own directory: "finished before: skipped" is seen
@@ -42,7 +42,7 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
             log.info("phase %d/%d '%s' finished before: skipped", i + 1, len(phases), name)
         else:
             start = time.time()
-            trainer = Trainer(phase_cfg, init_from=previous_best)
+            trainer = trainer_class(phase_cfg)(phase_cfg, init_from=previous_best)
             if trainer.is_main:
                 save_config(cfg, run.config)
             log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase.path)

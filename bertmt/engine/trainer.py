@@ -73,7 +73,7 @@ class Trainer:
         self.specs = {t: cfg.task_spec(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()
-        model = build_model(cfg, init_from)
+        model = self._build_model(init_from)
         self.total_steps = cfg.train.epochs * self.batches_per_epoch // cfg.train.grad_accum
         optimizer, lr_schedule, self.plateau = build_optimizer(model, cfg.optim, self.total_steps)
         self.ds_config = build_deepspeed_config(cfg, self.world)
@@ -145,6 +145,9 @@ class Trainer:
             cfg.train.epochs,
             self.world,
         )
+
+    def _build_model(self, init_from: Path | None):
+        return build_model(self.cfg, init_from)
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run.config)
@@ -439,7 +442,7 @@ class Trainer:
 
     def _finish(self, seconds: float) -> dict:
         best = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
-        metrics = {t: best[t] for t in self.dev} | {"overall": best["overall"]}
+        metrics = {k: v for k, v in best.items() if k not in ("epoch", "step")}  # the dev results
         if self.is_main:
             atomic_write(self.run.metrics, json.dumps(metrics, indent=2))
             atomic_write(self.run.history, json.dumps(self.state.history, indent=2))

@@ -10,7 +10,10 @@ from torch import nn
 from bertmt.model.bert import BertModel, EncoderOutput
 from bertmt.model.experts import Experts
 from bertmt.model.heads import HeadArch, PairFeatures, Pooling, TaskHead
+from bertmt.model.mlm import IGNORE, MlmHead
 from bertmt.model.pals import ProjectedAttention
+
+MLM = "mlm"  # the pseudo-task of masked-language modelling (train.objective=mlm)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class MultitaskModel(nn.Module):
         head_of: dict[str, str] | None = None,
         pals: PalSpec | None = None,
         experts: ExpertSpec | None = None,
+        mlm: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -104,6 +108,7 @@ class MultitaskModel(nn.Module):
         self.experts = None
         if experts is not None:
             self.experts = Experts(encoder, experts.count, experts.layers, list(heads))
+        self.mlm = MlmHead(cfg, encoder.embeddings.word_embeddings) if mlm else None
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task uses (the encoder and its experts' layers): the ones surgery projects."""
@@ -133,9 +138,15 @@ class MultitaskModel(nn.Module):
         input_ids_b: torch.Tensor | None = None,
         attention_mask_b: torch.Tensor | None = None,
         segment_of: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``segment_of`` (S,): the rows are segments of long records (all S encoded as one batch), this is
-        the record of each (records 0..B-1, in order); the head reads the pooled segments."""
+        the record of each (records 0..B-1, in order); the head reads the pooled segments. Task ``mlm``
+        (with ``mlm_labels``, IGNORE where nothing is predicted): the MLM logits (M, vocab) of the M
+        predicted positions, in row-major order."""
+        if task == MLM:
+            h = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state
+            return self.mlm(h[mlm_labels != IGNORE])
         name = self.head_of[task]
         head = self.heads[name]
         if input_ids_b is None:

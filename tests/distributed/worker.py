@@ -54,7 +54,7 @@ def main() -> int:
     sig_name, _, sig_call = os.environ.get("BERTMT_TEST_SIGNAL", "").partition(":")
     real_loss, calls = trainer_mod.task_loss, [0]
 
-    def task_loss(spec, outputs, labels):
+    def faults() -> int:
         call, calls[0] = calls[0], calls[0] + 1
         if crash and crash == (rank, call):
             raise RuntimeError(f"test crash on rank {rank} at micro-batch {call}")
@@ -68,10 +68,21 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
         if sig_name and int(sig_call) == call:
             os.kill(os.getpid(), getattr(signal, f"SIG{sig_name}"))
+        return call
+
+    def task_loss(spec, outputs, labels):
+        call = faults()
         loss = real_loss(spec, outputs, labels)
         return loss * float("inf") if poison and poison == (rank, call) else loss
 
-    trainer_mod.task_loss = task_loss
+    def mlm_loss(logits, targets):  # the micro-batches of an MLM phase count too
+        faults()
+        return real_mlm_loss(logits, targets)
+
+    from bertmt.engine import mlm as mlm_mod
+
+    real_mlm_loss = mlm_mod.mlm_loss
+    trainer_mod.task_loss, mlm_mod.mlm_loss = task_loss, mlm_loss
     out, real_close = os.environ.get("BERTMT_TEST_OUT"), trainer_mod.Trainer.close
 
     def close(self, *args, **kwargs):
