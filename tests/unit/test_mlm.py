@@ -88,7 +88,7 @@ def test_pretrained_minilm_predicts_masked_words_far_better_than_a_random_encode
 
     tok = load_tokenizer(str(minilm_dir()), 40)
     texts = [t[0] for t in read_task_file(data_dir / "ids-sst-train.csv", TASKS["sst"], labelled=True).texts]
-    rows = [tok.encode(t).ids for t in texts[:320]]
+    rows = [tok.encode(t).ids for t in texts[:192]]
     width = max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = (ids != 0).long()
@@ -106,9 +106,9 @@ def test_pretrained_minilm_predicts_masked_words_far_better_than_a_random_encode
         torch.manual_seed(1)
         head = MlmHead(encoder.config, encoder.embeddings.word_embeddings)
         head.word_embeddings[0].weight.requires_grad_(False)
-        opt = torch.optim.Adam([p for p in head.parameters()], lr=3e-3)
-        train, dev = slice(0, 256), slice(256, 320)
-        for _ in range(20):
+        opt = torch.optim.Adam([p for p in head.parameters()], lr=1e-2)
+        train, dev = slice(0, 128), slice(128, 192)
+        for _ in range(10):
             pick = labels[train] != IGNORE
             loss = torch.nn.functional.cross_entropy(head(states[train][pick]), labels[train][pick])
             opt.zero_grad(), loss.backward(), opt.step()
