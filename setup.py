@@ -32,7 +32,9 @@ setup(
             "hypothesis",
             "torchjd[full]==0.18.0",  # reference for the Gram methods (tests/unit/test_gram_references.py)
             "ruff",
+            "spacy==3.8.7",  # tests/e2e/test_tags.py trains a tiny pipeline (no pretrained one offline)
         ],
+        "tags": ["spacy>=3.7"],  # data.tags: POS / NER tag embeddings (bertmt/data/tags.py)
     },
     entry_points={"console_scripts": ["bertmt=bertmt.cli:main"]},
 )

@@ -48,6 +48,10 @@ def export(cfg: ExperimentConfig, run: RunDir, out: Path, fmt: str) -> Path:
         raise ValueError(
             f"{run.path} trained one model per task (train.exclusive): export one of {run.task_models}"
         )
+    if model_cfg.data.tags.pipeline is not None:
+        raise ValueError(
+            f"{run.path} adds POS/NER tag embeddings (data.tags): a BertModel has no input for them"
+        )
     if model_cfg.model.experts.count:
         raise ValueError(
             f"{run.path} trains combined experts (model.experts): a Hugging Face BertModel has one set of "

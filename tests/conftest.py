@@ -142,3 +142,42 @@ def tiny_overrides(pretrained: Path, data: Path, run_dir: Path, **extra) -> list
     }
     base.update(extra)
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]
+
+
+# a tiny spaCy pipeline (tagger + NER) trained from a few annotated sentences: no pretrained pipeline can be
+# downloaded here, and the tag code paths should run on a real one
+SPACY_TRAIN = [
+    ("Paris is a lovely city .", ["NNP", "VBZ", "DT", "JJ", "NN", "."], [(0, 5, "GPE")]),
+    ("John loves this movie .", ["NNP", "VBZ", "DT", "NN", "."], [(0, 4, "PERSON")]),
+    ("The film was boring .", ["DT", "NN", "VBD", "JJ", "."], []),
+    (
+        "Mary visited London yesterday .",
+        ["NNP", "VBD", "NNP", "NN", "."],
+        [(0, 4, "PERSON"), (13, 19, "GPE")],
+    ),
+    ("A man is playing a guitar .", ["DT", "NN", "VBZ", "VBG", "DT", "NN", "."], []),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_spacy(tmp_path_factory) -> Path:
+    """A spaCy pipeline directory (tagger + ner) trained for 30 updates on SPACY_TRAIN."""
+    import random
+
+    import spacy
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger")
+    nlp.add_pipe("ner")
+    examples = [
+        Example.from_dict(nlp.make_doc(text), {"tags": tags, "entities": ents})
+        for text, tags, ents in SPACY_TRAIN
+    ]
+    random.seed(0)
+    nlp.initialize(lambda: examples)
+    for _ in range(30):
+        nlp.update(examples, drop=0.0)
+    out = tmp_path_factory.mktemp("spacy") / "tiny-pipeline"
+    nlp.to_disk(out)
+    return out

@@ -114,6 +114,24 @@ class TaskConfig:
 
 
 @dataclass
+class TagsConfig:
+    """POS / NER tag embeddings ("BERT's Buddies"; bertmt/data/tags.py): needs `pip install bertmt[tags]`."""
+
+    pipeline: str | None = None  # a spaCy pipeline: package name (en_core_web_sm) or directory; None: off
+    kinds: list[str] = field(default_factory=lambda: ["pos", "ner"])  # pos (tagger's tag_), ner (BIO)
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.kinds)
+            and set(self.kinds) <= {"pos", "ner"}
+            and len(set(self.kinds)) == len(self.kinds),
+            "data.tags.kinds",
+            "a non-empty list of distinct kinds from ['pos', 'ner']",
+            self.kinds,
+        )
+
+
+@dataclass
 class DataConfig:
     dir: str = field(default_factory=lambda: os.environ.get("BERTMT_DATA_DIR", "data"))  # task files root
     max_length: int = 128  # tokens per sequence (pairs truncated longest-first)
@@ -125,9 +143,8 @@ class DataConfig:
     # truncate, or chunk ("Hierarchical BERT"): overlapping segments encoded as one batch, their vectors
     # pooled by model.segment_pooling (pair tasks are always truncated)
     chunk_overlap: int = 32  # chunk: word pieces shared by consecutive segments
-    max_segments: int = (
-        8  # chunk: segments per record at most (the rest of a longer record is dropped, logged)
-    )
+    max_segments: int = 8  # chunk: segments per record at most (the rest is dropped, and logged)
+    tags: TagsConfig = field(default_factory=TagsConfig)  # POS / NER tags of every word piece
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -144,7 +161,16 @@ class DataConfig:
         chunking = None
         if self.long_inputs == "chunk":
             chunking = Chunking(self.max_length, self.chunk_overlap, self.max_segments)
-        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict, chunking)
+        return Loader(tokenizer, self.max_length, self.resolved_cache_dir, self.strict, chunking, self.tagger)
+
+    @property
+    def tagger(self):
+        """The :class:`bertmt.data.tags.Tagger` of data.tags, or None."""
+        if self.tags.pipeline is None:
+            return None
+        from bertmt.data.tags import Tagger
+
+        return Tagger(self.tags.pipeline, tuple(self.tags.kinds))
 
     def __post_init__(self) -> None:
         check(8 <= self.max_length <= 512, "data.max_length", "an integer in [8, 512]", self.max_length)
@@ -157,6 +183,12 @@ class DataConfig:
             self.chunk_overlap,
         )
         check(self.max_segments >= 1, "data.max_segments", "an integer >= 1", self.max_segments)
+        check(
+            self.tags.pipeline is None or self.long_inputs == "truncate",
+            "data.tags.pipeline",
+            "null with data.long_inputs=chunk (tags of segments: not supported yet)",
+            self.tags.pipeline,
+        )
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Encoded:
     labels: np.ndarray | None  # (N,) float32 or None
     second: Encoded | None = None  # siamese pairs: the second sentences (this one holds the first)
     chunking: Chunking | None = None  # long rows kept whole, split into segments by collate()
+    tags: np.ndarray | None = None  # (total_tokens, K) int16: POS / NER tag of every piece (data.tags)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,7 +73,7 @@ class Encoded:
         return own if self.second is None else own + self.second.lengths
 
 
-def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool, chunking) -> str:
+def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool, chunking, tagger) -> str:
     stat = os.stat(data.path)
     h = hashlib.sha256()
     for part in (
@@ -83,6 +84,7 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: b
         max_length,
         siamese,
         chunking,
+        tagger.identity() if tagger is not None else None,
         len(data),
         tokenizer.to_str(),
     ):
@@ -90,16 +92,31 @@ def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: b
     return h.hexdigest()[:24]
 
 
-def _tokenise(tokenizer: Tokenizer, inputs: list, ids: list[str], labels: np.ndarray | None) -> Encoded:
+def _tokenise(
+    tokenizer: Tokenizer, inputs: list, ids: list[str], labels: np.ndarray | None, tagger=None
+) -> Encoded:
     encodings = tokenizer.encode_batch(inputs)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tags = None
+    if tagger is not None:
+        from bertmt.data.tags import align
+
+        sentences = [list(x) if isinstance(x, (tuple, list)) else [x] for x in inputs]
+        flat = tagger.char_tags([s for group in sentences for s in group])
+        starts = np.cumsum([0] + [len(g) for g in sentences])
+        k = len(tagger.kinds)
+        tags = np.concatenate(
+            [align(e, flat[starts[i] : starts[i + 1]], k) for i, e in enumerate(encodings)]
+            or [np.zeros((0, k), dtype=np.int16)]
+        )
     return Encoded(
         ids=ids,
         input_ids=np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=offsets[-1]),
         token_types=np.fromiter((i for e in encodings for i in e.type_ids), dtype=np.int8, count=offsets[-1]),
         offsets=offsets,
         labels=labels,
+        tags=tags,
     )
 
 
@@ -110,6 +127,7 @@ def encode(
     cache_dir: str | Path | None,
     siamese: bool = False,
     chunking: Chunking | None = None,
+    tagger=None,
 ) -> Encoded:
     """Tokenise every record of ``data`` (pairs as one sequence, or each sentence alone when ``siamese``),
     reusing an on-disk cache when present. With ``chunking`` (single sentences) rows are kept whole."""
@@ -117,7 +135,7 @@ def encode(
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")  # part of the key
     else:
         tokenizer.no_truncation()
-    key = _cache_key(data, tokenizer, max_length, siamese, chunking)
+    key = _cache_key(data, tokenizer, max_length, siamese, chunking, tagger)
     path = Path(cache_dir) / f"{data.task}-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         try:
@@ -130,10 +148,10 @@ def encode(
     labels = None if data.labels is None else np.asarray(data.labels, dtype=np.float32)
     ids = list(data.ids)
     if siamese:
-        enc = _tokenise(tokenizer, [t[0] for t in data.texts], ids, labels)
-        enc.second = _tokenise(tokenizer, [t[1] for t in data.texts], ids, None)
+        enc = _tokenise(tokenizer, [t[0] for t in data.texts], ids, labels, tagger)
+        enc.second = _tokenise(tokenizer, [t[1] for t in data.texts], ids, None, tagger)
     else:
-        enc = _tokenise(tokenizer, [t if len(t) == 2 else t[0] for t in data.texts], ids, labels)
+        enc = _tokenise(tokenizer, [t if len(t) == 2 else t[0] for t in data.texts], ids, labels, tagger)
     enc.chunking = chunking
     if chunking is not None:
         _log_chunking(data.task, enc, chunking)
@@ -190,10 +208,12 @@ def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     """Pad the given rows to their longest member (dynamic padding). Siamese pairs add ``input_ids_b`` and
     ``attention_mask_b`` (the second sentences). With ``enc.chunking``, every row becomes its segments (one
     row per segment) and ``segment_of`` (S,) names the batch row each segment belongs to."""
-    sequences, owner = [], []
+    sequences, owner, tags = [], [], []
     for j, row in enumerate(rows):
         a, b = enc.offsets[row], enc.offsets[row + 1]
         ids, types = enc.input_ids[a:b], enc.token_types[a:b]
+        if enc.tags is not None:
+            tags.append(enc.tags[a:b])
         if enc.chunking is None:
             sequences.append((ids, types))
             continue
@@ -209,11 +229,17 @@ def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
     }
     if enc.chunking is not None:
         batch["segment_of"] = torch.tensor(owner, dtype=torch.long)
+    if enc.tags is not None:  # (B, L, K), 0 (no tag) in the padding
+        batch["tag_ids"] = torch.zeros(*input_ids.shape, enc.tags.shape[1], dtype=torch.long)
+        for j, row_tags in enumerate(tags):
+            batch["tag_ids"][j, : len(row_tags)] = torch.from_numpy(row_tags.astype(np.int64))
     if enc.labels is not None:
         batch["labels"] = torch.from_numpy(enc.labels[rows])
     if enc.second is not None:
         second = collate(enc.second, rows)
         batch["input_ids_b"], batch["attention_mask_b"] = second["input_ids"], second["attention_mask"]
+        if "tag_ids" in second:
+            batch["tag_ids_b"] = second["tag_ids"]
     return batch
 
 
@@ -224,6 +250,8 @@ MODEL_INPUTS = (
     "input_ids_b",
     "attention_mask_b",
     "segment_of",
+    "tag_ids",
+    "tag_ids_b",
 )
 
 

@@ -26,9 +26,10 @@ class Loader:
         cache_dir: Path,
         strict: bool = False,
         chunking: Chunking | None = None,
+        tagger=None,
     ) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.cache_dir, self.strict, self.chunking = cache_dir, strict, chunking
+        self.cache_dir, self.strict, self.chunking, self.tagger = cache_dir, strict, chunking, tagger
 
     def read(self, task: Task, split: str) -> TaskData | None:
         """The valid records of ``task``'s ``split`` file, or None when no such file is configured."""
@@ -39,7 +40,9 @@ class Loader:
 
     def encode(self, task: Task, data: TaskData) -> Encoded:
         chunking = None if task.spec.is_pair else self.chunking
-        return encode(data, self.tokenizer, self.max_length, self.cache_dir, task.siamese, chunking)
+        return encode(
+            data, self.tokenizer, self.max_length, self.cache_dir, task.siamese, chunking, self.tagger
+        )
 
     def load(self, task: Task, split: str) -> Encoded | None:
         """The tokenised records of ``task``'s ``split`` file, or None when no such file is configured."""

@@ -58,7 +58,13 @@ def _assemble(cfg: ExperimentConfig, encoder: BertModel) -> MultitaskModel:
         pals=PalSpec(pals.size, pals.heads, pals.shared) if pals.enabled else None,
         experts=ExpertSpec(experts.count, experts.layers) if experts.count else None,
         mlm=cfg.train.objective == "mlm",
+        tag_sizes=_tag_sizes(cfg),
     )
+
+
+def _tag_sizes(cfg: ExperimentConfig) -> dict[str, int] | None:
+    tagger = cfg.data.tagger
+    return None if tagger is None else {kind: len(tags) for kind, tags in tagger.vocab().items()}
 
 
 def build_model(cfg: ExperimentConfig, init_from: Path | None = None) -> MultitaskModel:

@@ -87,10 +87,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``extra``: (B, L, H) added before the LayerNorm, like the token types (tag embeddings)."""
         positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         x = x + self.token_type_embeddings(token_type_ids)
+        if extra is not None:
+            x = x + extra
         return self.dropout(self.LayerNorm(x))  # (B, L, H)
 
 
@@ -218,10 +223,12 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         extra: LayerExtra | None = None,
+        extra_embeddings: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        """``extra``: a task-specific addition to every layer, before its last LayerNorm (PALs)."""
+        """``extra``: a task-specific addition to every layer, before its last LayerNorm (PALs);
+        ``extra_embeddings``: (B, L, H) added to the input embeddings (tag embeddings)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask, extra)  # (B, L, H)
+        h = self.encoder(self.embeddings(input_ids, token_type_ids, extra_embeddings), mask, extra)
         return EncoderOutput(last_hidden_state=h, pooler_output=self.pooler(h))

@@ -54,11 +54,12 @@ class Experts(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None,
         extra: LayerExtra | None = None,
+        extra_embeddings: torch.Tensor | None = None,
     ) -> EncoderOutput:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-        h = encoder.embeddings(input_ids, token_type_ids)
+        h = encoder.embeddings(input_ids, token_type_ids, extra_embeddings)
         for i, layer in enumerate(encoder.encoder.layer[: self.first]):
             h = layer(h, mask, None if extra is None else extra(i, h, mask))
         outputs = []

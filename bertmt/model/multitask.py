@@ -64,6 +64,7 @@ class MultitaskModel(nn.Module):
         pals: PalSpec | None = None,
         experts: ExpertSpec | None = None,
         mlm: bool = False,
+        tag_sizes: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -109,11 +110,18 @@ class MultitaskModel(nn.Module):
         if experts is not None:
             self.experts = Experts(encoder, experts.count, experts.layers, list(heads))
         self.mlm = MlmHead(cfg, encoder.embeddings.word_embeddings) if mlm else None
+        self.tags = None  # POS / NER tag embeddings, zero at first: the pretrained output is unchanged
+        if tag_sizes:
+            self.tags = nn.ModuleDict({k: nn.Embedding(n, cfg.hidden_size) for k, n in tag_sizes.items()})
+            for table in self.tags.values():
+                nn.init.zeros_(table.weight)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task uses (the encoder and its experts' layers): the ones surgery projects."""
+        """Parameters every task uses (the encoder, its experts' layers, the tag embeddings): the ones surgery
+        projects."""
         experts = list(self.experts.copies.parameters()) if self.experts is not None else []
-        return list(self.encoder.parameters()) + experts
+        tags = list(self.tags.parameters()) if self.tags is not None else []
+        return list(self.encoder.parameters()) + experts + tags
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters only ``task`` (and datasets sharing its head) uses: head, PALs and expert gate. Never
@@ -123,11 +131,18 @@ class MultitaskModel(nn.Module):
         own += list(self.pals[name].parameters()) if self.pals is not None else []
         return own + (list(self.experts.gates[name].parameters()) if self.experts is not None else [])
 
-    def _encode(self, name: str, ids, mask, types) -> EncoderOutput:
+    def _tag_embeddings(self, tag_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, L, K) tag indices -> (B, L, H) the sum of their embeddings."""
+        if self.tags is None or tag_ids is None:
+            return None
+        return sum(table(tag_ids[..., k]) for k, table in enumerate(self.tags.values()))
+
+    def _encode(self, name: str, ids, mask, types, tag_ids=None) -> EncoderOutput:
         extra = self.pals[name] if self.pals is not None else None
+        tags = self._tag_embeddings(tag_ids)
         if self.experts is not None:
-            return self.experts(self.encoder, name, ids, mask, types, extra)
-        return self.encoder(ids, mask, types, extra)
+            return self.experts(self.encoder, name, ids, mask, types, extra, tags)
+        return self.encoder(ids, mask, types, extra, tags)
 
     def forward(
         self,
@@ -139,18 +154,22 @@ class MultitaskModel(nn.Module):
         attention_mask_b: torch.Tensor | None = None,
         segment_of: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
+        tag_ids: torch.Tensor | None = None,
+        tag_ids_b: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``segment_of`` (S,): the rows are segments of long records (all S encoded as one batch), this is
         the record of each (records 0..B-1, in order); the head reads the pooled segments. Task ``mlm``
         (with ``mlm_labels``, IGNORE where nothing is predicted): the MLM logits (M, vocab) of the M
-        predicted positions, in row-major order."""
+        predicted positions, in row-major order. ``tag_ids`` (B, L, K) (and ``tag_ids_b`` of the second
+        sentences): POS / NER tags of every piece (data.tags)."""
         if task == MLM:
             h = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state
             return self.mlm(h[mlm_labels != IGNORE])
         name = self.head_of[task]
         head = self.heads[name]
         if input_ids_b is None:
-            pooled = head.pool(self._encode(name, input_ids, attention_mask, token_type_ids), attention_mask)
+            out = self._encode(name, input_ids, attention_mask, token_type_ids, tag_ids)
+            pooled = head.pool(out, attention_mask)
             if segment_of is not None:
                 pooled = head.segments(pooled, segment_of, int(segment_of.max()) + 1)
             return head(pooled)
@@ -158,10 +177,17 @@ class MultitaskModel(nn.Module):
         width = max(input_ids.size(1), input_ids_b.size(1))
         ids = torch.cat([_pad(input_ids, width), _pad(input_ids_b, width)])
         mask = torch.cat([_pad(attention_mask, width), _pad(attention_mask_b, width)])
-        pooled = head.pool(self._encode(name, ids, mask, None), mask)  # (2B, H)
+        tags = (
+            None if tag_ids is None else torch.cat([_pad_tags(tag_ids, width), _pad_tags(tag_ids_b, width)])
+        )
+        pooled = head.pool(self._encode(name, ids, mask, None, tags), mask)  # (2B, H)
         u, v = pooled.chunk(2)
         return head(u, v)
 
 
 def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
     return nn.functional.pad(x, (0, width - x.size(1)))
+
+
+def _pad_tags(x: torch.Tensor, width: int) -> torch.Tensor:
+    return nn.functional.pad(x, (0, 0, 0, width - x.size(1)))  # (B, L, K): pad L

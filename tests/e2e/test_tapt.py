@@ -70,4 +70,5 @@ def test_mlm_outside_phases_or_last_is_refused(tiny_pretrained, small_data, tmp_
     assert proc.returncode == 2 and "train.objective': expected tasks outside phases" in proc.stderr
     last = "phases=[{name: a}, {name: tapt, train: {objective: mlm}}]"
     proc = bertmt("train", str(QUICKSTART), *args, last, check=False)
-    assert proc.returncode == 2 and "phases[1].train.objective': expected tasks in the last phase" in proc.stderr
+    assert proc.returncode == 2
+    assert "phases[1].train.objective': expected tasks in the last phase" in proc.stderr
