@@ -133,7 +133,7 @@ CASES += [("plain+annealed", 2), ("gradvac+annealed", 1), ("pcgrad+annealed", 3)
 # mgda on the annealed schedule: an absent task is left out of the QP, not taken as a zero gradient
 CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "uw", "dwa", "mgda+annealed")]
 CASES += [("pcgrad@options", 1), ("plain@options", 0), ("pcgrad@heads", 2), ("pcgrad@chunk", 2)]
-DROP_INS = [("plain@lion", 2), ("pcgrad@lion", 1), ("plain@adafactor", 0)]
+DROP_INS = [("pcgrad@lion", 2), ("plain@adafactor", 0)]
 
 
 @pytest.mark.parametrize("method, stage", CASES)  # plain: DeepSpeed's own accumulation

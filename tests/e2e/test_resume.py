@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from tests.conftest import tiny_overrides
-from tests.e2e.helpers import QUICKSTART, bertmt
+from tests.e2e.helpers import QUICKSTART, bertmt, train_many
 
 WORKER = "tests.distributed.worker"
 
@@ -93,40 +93,54 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
         _assert_same_result(run_dir, uninterrupted_plain)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        {},
-        # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule resume too
-        {
-            "mtl.method": "gradvac",
-            "mtl.gradvac.beta": 0.5,
-            "schedule.kind": "annealed",
-            "train.grad_accum": 3,
-        },
-        # SMART's momentum teacher lives in the checkpoint, its noise draws from the saved RNG state
-        {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0, "mtl.smart.epsilon": 1e-2},
-        # Nash-MTL's warm start and step count (weights reused every other step); 2 epochs (CI time)
-        {"mtl.method": "nash_mtl", "mtl.nash_mtl.update_weights_every": 2, "train.grad_accum": 3} | TWO,
-        # the loss weightings' state: FAMO's logits, Adam moments and last losses; UW's log-variances and
-        # Adam moments; DWA's running window and window means (windows of 1 step: it changes every step)
-        {"mtl.method": "famo", "mtl.famo.lr": 0.5} | TWO,
-        {"mtl.method": "uw", "mtl.uw.lr": 0.5} | TWO,
-        {"mtl.method": "dwa", "mtl.dwa.window": 1} | TWO,
-    ],
-    ids=["plain", "gradvac-annealed", "smart", "nash_mtl", "famo", "uw", "dwa"],
-)
+VARIANTS = {
+    "plain": {},
+    # surgery state (GradVac's EMA targets, the seeded task orders) and a sampled schedule resume too
+    "gradvac-annealed": {
+        "mtl.method": "gradvac",
+        "mtl.gradvac.beta": 0.5,
+        "schedule.kind": "annealed",
+        "train.grad_accum": 3,
+    },
+    # SMART's momentum teacher lives in the checkpoint, its noise draws from the saved RNG state
+    "smart": {"mtl.smart.weight": 1.0, "mtl.smart.bregman_weight": 1.0, "mtl.smart.epsilon": 1e-2},
+    # Nash-MTL's warm start and step count (weights reused every other step); 2 epochs (CI time)
+    "nash_mtl": {"mtl.method": "nash_mtl", "mtl.nash_mtl.update_weights_every": 2, "train.grad_accum": 3}
+    | TWO,
+    # the loss weightings' state: FAMO's logits, Adam moments and last losses; UW's log-variances and
+    # Adam moments; DWA's running window and window means (windows of 1 step: it changes every step)
+    "famo": {"mtl.method": "famo", "mtl.famo.lr": 0.5} | TWO,
+    "uw": {"mtl.method": "uw", "mtl.uw.lr": 0.5} | TWO,
+    "dwa": {"mtl.method": "dwa", "mtl.dwa.window": 1} | TWO,
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_variants(uninterrupted_plain, tiny_pretrained, small_data, tmp_path_factory):
+    """The uninterrupted run of every variant, trained in one process (tests/distributed/worker.py: torch
+    and DeepSpeed start once); plain's is the module's plain run."""
+    root = tmp_path_factory.mktemp("whole-variants")
+    dirs = {name: root / name for name, variant in VARIANTS.items() if variant}
+    runs = [
+        [
+            "train",
+            str(QUICKSTART),
+            *tiny_overrides(tiny_pretrained, small_data, d, **(PLAIN | VARIANTS[name])),
+        ]
+        for name, d in dirs.items()
+    ]
+    train_many(1, runs, root / "runs.json")
+    return dirs | {"plain": uninterrupted_plain}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_killed_and_resumed_run_matches_uninterrupted(
-    variant, tiny_pretrained, small_data, tmp_path, request
+    name, uninterrupted_variants, tiny_pretrained, small_data, tmp_path
 ):
+    variant = VARIANTS[name]
     extra = PLAIN | variant
     accum = extra["train.grad_accum"]
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    if variant:
-        bertmt("train", str(QUICKSTART), *tiny_overrides(tiny_pretrained, small_data, whole, **extra))
-    else:
-        whole = request.getfixturevalue("uninterrupted_plain")
-
+    whole, parts = uninterrupted_variants[name], tmp_path / "parts"
     args = tiny_overrides(tiny_pretrained, small_data, parts, **extra)
     _kill_after_first_checkpoint(args, parts, accum)
     harmless = [] if variant else ["run.log_every=1"]  # a restart may change what does not alter training
