@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 
 from bertmt.data.batching import TaskSampler, _tokenise, collate, eval_batches
 from bertmt.data.schedule import TaskSchedule
-from bertmt.engine.build import build_model
 from bertmt.engine.trainer import Trainer
 from bertmt.model.mlm import IGNORE, mask_rows
 from bertmt.model.multitask import MLM
@@ -53,9 +51,6 @@ def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 class MlmTrainer(Trainer):
     """Masked-language modelling of the tasks' sentences (see the module documentation)."""
-
-    def _build_model(self, init_from: Path | None):
-        return build_model(self.cfg, init_from)  # with its MLM head (train.objective=mlm)
 
     def _load_data(self) -> None:
         cfg = self.cfg

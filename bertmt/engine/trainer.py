@@ -73,7 +73,7 @@ class Trainer:
         self.specs = {t: cfg.task_spec(t) for t in cfg.tasks}
         self.tokenizer = load_tokenizer(cfg.model.pretrained, cfg.data.max_length)
         self._load_data()
-        model = self._build_model(init_from)
+        model = build_model(cfg, init_from)  # with an MLM head when train.objective=mlm
         self.total_steps = cfg.train.epochs * self.batches_per_epoch // cfg.train.grad_accum
         optimizer, lr_schedule, self.plateau = build_optimizer(model, cfg.optim, self.total_steps)
         self.ds_config = build_deepspeed_config(cfg, self.world)
@@ -145,9 +145,6 @@ class Trainer:
             cfg.train.epochs,
             self.world,
         )
-
-    def _build_model(self, init_from: Path | None):
-        return build_model(self.cfg, init_from)
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run.config)
