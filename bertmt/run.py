@@ -226,38 +226,37 @@ def _train_single(cfg: ExperimentConfig, start: float, on_epoch=None) -> bool:
 def _train_phases(cfg: ExperimentConfig, start: float) -> bool:
     from bertmt.engine.phases import run_phases
 
-    def plot_phase(phase_cfg, trainer) -> None:
-        if trainer.is_main and cfg.run.reports:
-            _plot(RunDir(phase_cfg.run.dir))
-
-    metrics, phases = run_phases(cfg, plot_phase)
-    is_main = dist_env.rank() == 0
-    if is_main:
-        extra = {
-            "run directory": cfg.run.dir,
-            "wall time": f"{time.time() - start:.0f} s",
-            "phases": ", ".join(f"{p['phase']} (best epoch {p['best_epoch']})" for p in phases),
-        }
-        print(summary(f"bertmt train: best dev metrics of phase '{phases[-1]['phase']}'", metrics, extra))
-    return is_main
+    metrics, phases = run_phases(cfg, _plotter(cfg))
+    runs = ", ".join(f"{p['phase']} (best epoch {p['best_epoch']})" for p in phases)
+    return _summarise(
+        cfg, start, f"best dev metrics of phase '{phases[-1]['phase']}'", metrics, "phases", runs
+    )
 
 
 def _train_each_task(cfg: ExperimentConfig, start: float) -> bool:
     from bertmt.engine.exclusive import run_each_task
 
-    def plot_model(task_cfg, trainer) -> None:
-        if trainer.is_main and cfg.run.reports:
-            _plot(RunDir(task_cfg.run.dir))
+    metrics, models = run_each_task(cfg, _plotter(cfg))
+    runs = ", ".join(f"{m['task']} (best epoch {m['best_epoch']})" for m in models)
+    return _summarise(cfg, start, "every task's own model, best dev metrics", metrics, "models", runs)
 
-    metrics, models = run_each_task(cfg, plot_model)
+
+def _plotter(cfg: ExperimentConfig):
+    """The training curves of each of a run's trainings (phases, tasks' models), after it ends."""
+
+    def plot(sub_cfg, trainer) -> None:
+        if trainer.is_main and cfg.run.reports:
+            _plot(RunDir(sub_cfg.run.dir))
+
+    return plot
+
+
+def _summarise(cfg: ExperimentConfig, start: float, title: str, metrics: dict, kind: str, runs: str) -> bool:
+    """Rank 0 prints the summary of a run of several trainings; returns whether this is rank 0."""
     is_main = dist_env.rank() == 0
     if is_main:
-        extra = {
-            "run directory": cfg.run.dir,
-            "wall time": f"{time.time() - start:.0f} s",
-            "models": ", ".join(f"{m['task']} (best epoch {m['best_epoch']})" for m in models),
-        }
-        print(summary("bertmt train --each-task: every task's own model, best dev metrics", metrics, extra))
+        extra = {"run directory": cfg.run.dir, "wall time": f"{time.time() - start:.0f} s", kind: runs}
+        print(summary(f"bertmt train: {title}", metrics, extra))
     return is_main
 
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-
-import torch.distributed as dist
 
 from bertmt import dist_env
-from bertmt.config import ExperimentConfig, save_config, task_configs
+from bertmt.config import ExperimentConfig, task_configs
+from bertmt.engine.phases import train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
 from bertmt.files import atomic_write
@@ -38,22 +36,10 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
         if task_run.metrics.is_file():
             log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), head)
         else:
-            start = time.time()
-            trainer = Trainer(task_cfg)
-            if trainer.is_main:
-                save_config(cfg, run.config)
             log.info(
                 "model %d/%d: %s alone, in %s", i + 1, len(configs), sorted(task_cfg.tasks), task_run.path
             )
-            try:
-                trainer.fit()
-                if dist.is_initialized():
-                    dist.barrier()  # every rank reads the metrics.json that rank 0 has just written
-            finally:
-                trainer.close(keep_process_group=i + 1 < len(configs))
-            log.info("model of %s done in %.0f s", head, time.time() - start)
-            if on_task_end is not None:
-                on_task_end(task_cfg, trainer)
+            train_in_turn(cfg, Trainer(task_cfg), last=i + 1 == len(configs), on_end=on_task_end)
         summaries.append(
             {
                 "task": head,

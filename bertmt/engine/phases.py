@@ -41,24 +41,30 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
         if phase.metrics.is_file():
             log.info("phase %d/%d '%s' finished before: skipped", i + 1, len(phases), name)
         else:
-            start = time.time()
             trainer = trainer_class(phase_cfg)(phase_cfg, init_from=previous_best)
-            if trainer.is_main:
-                save_config(cfg, run.config)
             log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase.path)
-            try:
-                trainer.fit()
-                if dist.is_initialized():
-                    dist.barrier()  # every rank reads the metrics.json that rank 0 has just written
-            finally:
-                trainer.close(keep_process_group=i + 1 < len(phases))
-            log.info("phase '%s' done in %.0f s", name, time.time() - start)
-            if on_phase_end is not None:
-                on_phase_end(phase_cfg, trainer)
+            train_in_turn(cfg, trainer, last=i + 1 == len(phases), on_end=on_phase_end)
         summaries.append(_summary(name, phase))
         previous_best = phase.best_model
     _write_top_level(run, summaries)
     return summaries[-1]["metrics"], summaries
+
+
+def train_in_turn(cfg: ExperimentConfig, trainer, last: bool, on_end=None) -> None:
+    """Train one of a run's several trainings (a phase, a task's own model) to the end: the top-level config
+    saved first, the process group kept for the next one, ``on_end(trainer_cfg, trainer)`` afterwards."""
+    start = time.time()
+    if trainer.is_main:
+        save_config(cfg, RunDir(cfg.run.dir).config)
+    try:
+        trainer.fit()
+        if dist.is_initialized():
+            dist.barrier()  # every rank reads the metrics.json that rank 0 has just written
+    finally:
+        trainer.close(keep_process_group=not last)
+    log.info("%s done in %.0f s", trainer.cfg.run.dir, time.time() - start)
+    if on_end is not None:
+        on_end(trainer.cfg, trainer)
 
 
 def _summary(name: str, phase: RunDir) -> dict:
