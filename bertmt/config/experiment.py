@@ -87,12 +87,40 @@ class ExperimentConfig:
             "AdaFactor cannot factor by rows and columns)",
             self.train.zero_stage,
         )
+        if self.optim.name == "sophia":
+            self._check_sophia()
         check(
             self.schedule.kind != "round_robin" or all(t.sample_weight == 1 for t in self.tasks.values()),
             "schedule.kind",
             "a sampling schedule (random, proportional, sqrt, annealed) when tasks have a sample_weight",
             self.schedule.kind,
         )
+
+    def _check_sophia(self) -> None:
+        """SophiaH's Hessian estimate (engine/hessian.py) needs whole parameters, no loss scale and a loss
+        it can differentiate twice."""
+        cfg = self.train
+        for ok, key, expected, value in [
+            (
+                cfg.zero_stage == 0,
+                "train.zero_stage",
+                "0 (ZeRO hands the optimiser partitions)",
+                cfg.zero_stage,
+            ),
+            (
+                cfg.precision == "fp32",
+                "train.precision",
+                "fp32 (no loss scale in the Hessian products)",
+                cfg.precision,
+            ),
+            (
+                not self.mtl.smart.enabled,
+                "mtl.smart.enabled",
+                "false (SMART's adversarial term is not differentiated twice)",
+                self.mtl.smart.enabled,
+            ),
+        ]:
+            check(ok, key, f"{expected} with optim.name=sophia", value)
 
     def _check_mlm(self) -> None:
         """What masked-language modelling (train.objective=mlm) trains with: the encoder alone."""

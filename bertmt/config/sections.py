@@ -193,9 +193,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "lion", "adafactor"] = "adamw"  # torch AdamW, or pytorch-optimizer's Lion
-    # (sign of an interpolated momentum; use ~3-10x smaller lr) or AdaFactor (factored second moments,
-    # lr as given: no relative step; ZeRO 0 only, ZeRO's flat partitions cannot be factored)
+    name: Literal["adamw", "lion", "adafactor", "sophia"] = "adamw"  # torch AdamW, or pytorch-optimizer's
+    # Lion (sign of an interpolated momentum; use ~3-10x smaller lr), AdaFactor (factored second moments,
+    # lr as given: no relative step; ZeRO 0 only, ZeRO's flat partitions cannot be factored) or SophiaH
+    # (momentum over a Hutchinson estimate of the Hessian diagonal, clipped; ZeRO 0, fp32; see
+    # engine/hessian.py). SophiaH's lr is pytorch-optimizer's: no coordinate moves more than
+    # lr x sophia_clip a step (lr 1e-2 with the default clip: AdamW's 1e-4), and weight decay shrinks
+    # by lr x weight_decay a step
     lr: float = 5e-5  # peak learning rate
     weight_decay: float = 0.01  # decoupled weight decay (not on biases and LayerNorm)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW / Lion / AdaFactor betas
@@ -207,6 +211,8 @@ class OptimConfig:
     # than plateau_patience epochs: torch's ReduceLROnPlateau, mode max, threshold 0, judged every epoch)
     plateau_factor: float = 0.5  # plateau: multiplier of the learning rate at each reduction
     plateau_patience: int = 0  # plateau: epochs without a better dev score tolerated before a reduction
+    sophia_period: int = 10  # sophia: optimiser steps per Hessian estimate (the estimating step costs ~3x)
+    sophia_clip: float = 0.01  # sophia: largest |momentum / Hessian estimate| applied, per coordinate
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a finite positive float", self.lr)
@@ -220,6 +226,8 @@ class OptimConfig:
         check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a float in [0, 1)", self.warmup_ratio)
         check(0 < self.plateau_factor < 1, "optim.plateau_factor", "a float in (0, 1)", self.plateau_factor)
         check(self.plateau_patience >= 0, "optim.plateau_patience", "an integer >= 0", self.plateau_patience)
+        check(self.sophia_period >= 1, "optim.sophia_period", "an integer >= 1", self.sophia_period)
+        check(self.sophia_clip > 0, "optim.sophia_clip", "a float > 0", self.sophia_clip)
 
 
 @dataclass

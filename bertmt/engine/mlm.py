@@ -121,6 +121,9 @@ class MlmTrainer(Trainer):
         share = float(here) * self.world / max(float(total), 1.0)
         if not math.isfinite(loss.item()):
             self._nonfinite = self._nonfinite or f"mlm loss {loss.item()}"
+        if self.hessian is not None:  # SophiaH's estimate (engine/hessian.py)
+            module, picked = self.engine.module, labels[labels != IGNORE].to(logits.device)
+            self.hessian.add(lambda: mlm_loss(module(task, **inputs), picked) * share)
         self.opt_step.backward(task, loss * share)
         return {"loss": loss.item() * share}, int(inputs["attention_mask"].sum()) if share > 0 else 0
 

@@ -1,5 +1,5 @@
-"""The optimiser (AdamW, Lion or AdaFactor over the same parameter groups) and the learning-rate schedule
-(linear warm-up, then linear / cosine / constant, or constant reduced on a dev-score plateau)."""
+"""The optimiser (AdamW, Lion, AdaFactor or SophiaH over the same parameter groups) and the learning-rate
+schedule (linear warm-up, then linear / cosine / constant, or constant reduced on a dev-score plateau)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """optim.name over ``groups``: torch's AdamW, or a drop-in of pytorch-optimizer (pinned in setup.py)."""
+    """optim.name over ``groups``: torch's AdamW, or pytorch-optimizer's (pinned in setup.py)."""
     betas = tuple(cfg.betas)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
@@ -93,6 +93,12 @@ def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimize
             scale_parameter=False,
             weight_decouple=True,
             momentum_dtype=torch.float32,
+        )
+    if cfg.name == "sophia":  # fed the trainer's Hessian estimate, reduced across ranks
+        from bertmt.engine.hessian import SophiaH
+
+        return SophiaH(
+            groups, lr=cfg.lr, betas=betas, p=cfg.sophia_clip, update_period=cfg.sophia_period, eps=1e-12
         )
     raise ValueError(f"unknown optim.name {cfg.name!r}")
 

@@ -25,6 +25,7 @@ from bertmt.engine import checkpoint as ckpt
 from bertmt.engine import deepspeed_compat
 from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
+from bertmt.engine.hessian import HutchinsonDiagonal, SophiaH
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer, refresh_lr, shared_group_indices
@@ -84,6 +85,9 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=lr_schedule, config=self.ds_config
         )
         deepspeed_compat.clear_stale_zero3_gradients(self.engine)
+        self.hessian = None  # SophiaH's Hessian estimate (optim.name=sophia)
+        if isinstance(optimizer, SophiaH):
+            self.hessian = HutchinsonDiagonal(optimizer, cfg.run.seed, self.world, cfg.train.grad_accum)
         self.opt_step = make_step(
             self.engine, list(self.samplers), cfg, shared_group_indices(self.engine.optimizer)
         )
@@ -185,11 +189,15 @@ class Trainer:
         if self.weighting is not None:
             self.loss_weights = dict(zip(self.samplers, self.weighting.weights().tolist()))
         logged, tokens = [], 0
+        if self.hessian is not None:
+            self.hessian.begin(st.step)
         for task in tasks:
             values, n_tokens = self._micro_batch(task)
             logged.append((task, values))
             tokens += n_tokens
             st.index += 1
+        if self.hessian is not None:
+            self.hessian.finish()
         applied = self.opt_step.step()
         if self.weighting is not None:
             self._update_weighting(logged, applied)
@@ -234,6 +242,9 @@ class Trainer:
             self._nonfinite = self._nonfinite or ", ".join(bad)
         logged = {k: v * share for k, v in logged.items()}  # averaged over ranks: the global-batch mean
         weight *= self.loss_weights.get(task, 1.0)
+        if self.hessian is not None:  # SophiaH's estimate (SMART is refused with it: total is loss)
+            module = self.engine.module
+            self.hessian.add(lambda: task_loss(spec, module(task, **inputs), labels) * (weight * share))
         self.opt_step.backward(task, total * (weight * share))  # divided by grad_accum in the step
         return logged, int(inputs["attention_mask"].sum()) if share > 0 else 0
 

@@ -51,6 +51,8 @@ OPTIONS = {
     },
     "lion": {"optim.name": "lion", "optim.lr": 1e-3},
     "adafactor": {"optim.name": "adafactor", "optim.lr": 1e-3},
+    # SophiaH, a Hessian estimate every other step: its products summed over ranks like the gradients
+    "sophia": {"optim.name": "sophia", "optim.lr": 1e-1, "optim.sophia_period": 2},
 }
 
 
@@ -133,7 +135,7 @@ CASES += [("plain+annealed", 2), ("gradvac+annealed", 1), ("pcgrad+annealed", 3)
 # mgda on the annealed schedule: an absent task is left out of the QP, not taken as a zero gradient
 CASES += [(m, 2) for m in ("cagrad", "upgrad", "nash_mtl", "famo", "uw", "dwa", "mgda+annealed")]
 CASES += [("pcgrad@options", 1), ("plain@options", 0), ("pcgrad@heads", 2), ("pcgrad@chunk", 2)]
-DROP_INS = [("pcgrad@lion", 2), ("plain@adafactor", 0)]
+DROP_INS = [("pcgrad@lion", 2), ("plain@adafactor", 0), ("plain@sophia", 0), ("pcgrad@sophia", 0)]
 
 
 @pytest.mark.parametrize("method, stage", CASES)  # plain: DeepSpeed's own accumulation
@@ -147,10 +149,11 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(method, stage, run, tiny_
 
 @pytest.mark.parametrize("method, stage", DROP_INS)
 def test_sign_and_normalised_optimisers_match_one_rank_up_to_amplified_rounding(method, stage, run):
-    """Lion's update is sign(momentum) and AdaFactor's is normalised: a coordinate whose gradient is at
-    rounding level (an attention key bias, whose exact gradient is 0) moves by a full step either way,
-    and 2 ranks sum in another order than 1. So the first steps' losses agree as for AdamW, later ones to
-    1e-2, and no parameter is further off than the steps could take it (2 x lr per step)."""
+    """Lion's update is sign(momentum), AdaFactor's is normalised and SophiaH's momentum / Hessian estimate
+    clipped: a coordinate whose gradient is at rounding level (an attention key bias, whose exact gradient
+    is 0) moves by a full step either way, and 2 ranks sum in another order than 1. So the first steps'
+    losses agree as for AdamW, later ones to 1e-2, and no parameter is further off than the steps could
+    take it (2 x lr per step; SophiaH's largest step, lr x sophia_clip, is the same 1e-3)."""
     one, two = run(method, stage, 1), run(method, stage, 2)
     losses_one, losses_two = train_losses(one), train_losses(two)
     assert set(losses_one) == set(losses_two) == {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
@@ -162,6 +165,23 @@ def test_sign_and_normalised_optimisers_match_one_rank_up_to_amplified_rounding(
     steps = MICRO_BATCHES // 3
     worst = max(float((p_one[k] - p_two[k]).abs().max()) for k in p_one)
     assert worst <= 2 * 1e-3 * steps, worst
+
+
+@pytest.mark.parametrize("method", ["plain@sophia", "pcgrad@sophia"])
+def test_sophia_hessian_estimates_match_one_rank(method, run):
+    """The Hessian moments in SophiaH's state after the run (estimates at steps 0, 2, 4): the products are
+    summed over ranks and micro-batches like the gradients, so 2 ranks give 1 rank's estimate to rounding
+    (measured: 9e-9 at most, on moments up to 0.1; one rank's products alone would be half of it)."""
+    states = []
+    for processes in (1, 2):
+        last = sorted((run(method, 0, processes) / "checkpoints").glob("step-*"))[-1]
+        saved = torch.load(last / "mp_rank_00_model_states.pt", weights_only=False)
+        states.append(saved["optimizer"]["state"])
+    one, two = states
+    assert one.keys() == two.keys() and len(one) > 20
+    for k in one:
+        torch.testing.assert_close(two[k]["hessian_moment"], one[k]["hessian_moment"], rtol=1e-4, atol=1e-7)
+    assert max(float(s["hessian_moment"].abs().max()) for s in one.values()) > 1e-2
 
 
 def test_loss_weights_reach_the_gradient(run):
