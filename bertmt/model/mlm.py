@@ -60,20 +60,22 @@ def mask_rows(
     probability: float = 0.15,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking of each row with its own seed -> (masked input_ids, labels: the original token where
-    predicted, IGNORE elsewhere). Padding and special tokens are never chosen."""
+    predicted, IGNORE elsewhere). Padding and special tokens are never chosen. A row's draws are made over
+    its real tokens alone, so its masks do not depend on how wide the batch it landed in is padded (ranks
+    holding parts of a global batch pad less than one process holding all of it)."""
     masked, labels = input_ids.clone(), torch.full_like(input_ids, IGNORE)
     special = torch.tensor(special_ids)
     for r, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(seed)
-        row = input_ids[r]
-        width = row.size(0)
-        draw = torch.rand(width, generator=g)
-        how = torch.rand(width, generator=g)
-        random_tokens = torch.randint(vocab_size, (width,), generator=g)
-        ordinary = attention_mask[r].bool() & ~torch.isin(row, special)
-        chosen = ordinary & (draw < probability)
-        labels[r, chosen] = row[chosen]
-        masked[r, chosen & (how < 0.8)] = mask_id
+        real = attention_mask[r].bool().nonzero().squeeze(1)  # positions of the row's tokens
+        n = real.numel()
+        draw = torch.rand(n, generator=g)
+        how = torch.rand(n, generator=g)
+        random_tokens = torch.randint(vocab_size, (n,), generator=g)
+        tokens = input_ids[r, real]
+        chosen = ~torch.isin(tokens, special) & (draw < probability)
+        labels[r, real[chosen]] = tokens[chosen]
+        masked[r, real[chosen & (how < 0.8)]] = mask_id
         swap = chosen & (how >= 0.8) & (how < 0.9)
-        masked[r, swap] = random_tokens[swap]
+        masked[r, real[swap]] = random_tokens[swap]
     return masked, labels

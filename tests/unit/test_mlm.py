@@ -35,15 +35,19 @@ def test_masking_chooses_15_percent_and_replaces_80_10_10():
 
 
 def test_each_row_masks_alike_in_any_batch():
+    """However a batch is split (over ranks) and so however wide each part is padded."""
+    lengths = [20, 7, 12, 9, 16, 5]
     ids = torch.randint(200, VOCAB, (6, 20))
-    mask = torch.ones_like(ids)
+    mask = (torch.arange(20) < torch.tensor(lengths)[:, None]).long()
+    ids[mask == 0] = 0
     seeds = [11, 12, 13, 14, 15, 16]
     whole = mask_rows(ids, mask, seeds, SPECIAL, MASK, VOCAB)
-    halves = [
-        mask_rows(ids[i : i + 3], mask[i : i + 3], seeds[i : i + 3], SPECIAL, MASK, VOCAB) for i in (0, 3)
-    ]
-    assert torch.equal(whole[0], torch.cat([h[0] for h in halves]))
-    assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))
+    for part in ([0, 1, 2], [3, 4, 5], [1, 3], [5]):
+        width = max(lengths[i] for i in part)  # the part's own padding
+        got = mask_rows(ids[part, :width], mask[part, :width], [seeds[i] for i in part], SPECIAL, MASK, VOCAB)
+        assert torch.equal(got[0], whole[0][part, :width]), part
+        assert torch.equal(got[1], whole[1][part, :width]), part
+    assert (whole[1] != IGNORE).sum() > 5
 
 
 def test_mlm_head_with_a_checkpoints_weights_gives_hugging_faces_logits():

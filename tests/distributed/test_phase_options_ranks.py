@@ -1,0 +1,110 @@
+"""2 ranks = 1 rank (fp32, CPU, tiny model without dropout, per-rank batch halved) for the options that
+change what a step sees rather than how it is combined: POS/NER tag embeddings (shared parameters, fed by a
+real spaCy pipeline) and a task-adaptive MLM phase before a joint phase (masks seeded per row, every
+predicted token weighted by the global batch's count), on records whose passes end in odd-sized batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import NO_REPORTS, tiny_overrides
+from tests.e2e.helpers import QUICKSTART, scalars, train_losses, train_many
+
+GLOBAL_BATCH = 16
+COMMON = {
+    "train.epochs": 1,
+    "train.batches_per_epoch": 9,
+    "train.grad_accum": 3,
+    "run.log_every": 1,
+    "train.zero_stage": 2,
+    "model.dropout": 0.0,
+    "tasks.sst.test": None,
+    "tasks.sts.test": None,
+    "optim.warmup_ratio": 0.0,
+    "data.eval_batch_size": 16,
+}
+TAPT = [
+    {"name": "tapt", "train": {"objective": "mlm", "epochs": 1, "batches_per_epoch": 6, "grad_accum": 2}},
+    {"name": "joint"},
+]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[str, int], Path]:
+    """``run(case, processes)``: the run directory; both cases run in one launch per process count."""
+    root = tmp_path_factory.mktemp("phase-options")
+    cases = {
+        "tags": {"data.tags": {"pipeline": str(tiny_spacy), "kinds": ["pos", "ner"]}},
+        "tapt": {"phases": TAPT},
+    }
+    for n in (1, 2):
+        batch = GLOBAL_BATCH // n
+        per_rank = {f"tasks.{t}.batch_size": batch for t in ("sst", "quora", "sts")}
+        runs = [
+            [
+                "train",
+                str(QUICKSTART),
+                *tiny_overrides(
+                    tiny_no_dropout,
+                    odd_data,
+                    root / f"{case}-{n}proc",
+                    **NO_REPORTS,
+                    **COMMON,
+                    **per_rank,
+                    **{"train.mlm_batch_size": batch},
+                    **extra,
+                ),
+            ]
+            for case, extra in cases.items()
+        ]
+        train_many(n, runs, root / f"runs-{n}proc.json")
+    return lambda case, n: root / f"{case}-{n}proc"
+
+
+def _assert_same(got: Path, want: Path, tags: set[str]) -> None:
+    losses_got, losses_want = train_losses(got), train_losses(want)
+    assert set(losses_want) == set(losses_got) == tags
+    for tag in tags:
+        assert len(losses_want[tag]) >= 2
+        torch.testing.assert_close(
+            torch.tensor(losses_got[tag]), torch.tensor(losses_want[tag]), rtol=1e-5, atol=1e-6, msg=tag
+        )
+    p_got, p_want = (load_file(str(d / "best" / "model.safetensors")) for d in (got, want))
+    assert p_got.keys() == p_want.keys()
+    for name in p_want:
+        torch.testing.assert_close(p_got[name], p_want[name], rtol=1e-5, atol=1e-6, msg=name)
+    m_got, m_want = (_flat(json.loads((d / "metrics.json").read_text())) for d in (got, want))
+    assert m_got == pytest.approx(m_want, rel=1e-5)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value}
+    return out
+
+
+TASK_LOSSES = {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
+
+
+def test_tag_embeddings_train_the_same_on_two_ranks(run):
+    one, two = run("tags", 1), run("tags", 2)
+    _assert_same(two, one, TASK_LOSSES)
+    weights = load_file(str(one / "best" / "model.safetensors"))
+    tag_tables = [k for k in weights if "tag" in k and k.endswith("weight")]
+    assert tag_tables and all(weights[k].abs().max() > 0 for k in tag_tables)  # zero at first: trained
+
+
+def test_an_mlm_phase_and_the_joint_phase_after_it_train_the_same_on_two_ranks(run):
+    one, two = run("tapt", 1), run("tapt", 2)
+    tapt = Path("phases") / "1-tapt"
+    _assert_same(two / tapt, one / tapt, {"train/mlm/loss"})
+    _assert_same(two / "phases" / "2-joint", one / "phases" / "2-joint", TASK_LOSSES)
+    accuracy = scalars(one / tapt, "dev/mlm/accuracy")
+    assert accuracy == pytest.approx(scalars(two / tapt, "dev/mlm/accuracy"), rel=1e-6)
