@@ -71,15 +71,30 @@ def main() -> int:
         return call
 
     def task_loss(spec, outputs, labels):
+        if estimating[0]:
+            return real_loss(spec, outputs, labels)
         call = faults()
         loss = real_loss(spec, outputs, labels)
         return loss * float("inf") if poison and poison == (rank, call) else loss
 
     def mlm_loss(logits, targets):  # the micro-batches of an MLM phase count too
-        faults()
+        if not estimating[0]:
+            faults()
         return real_mlm_loss(logits, targets)
 
+    from bertmt.engine import hessian as hessian_mod
     from bertmt.engine import mlm as mlm_mod
+
+    real_add, estimating = hessian_mod.HutchinsonDiagonal.add, [False]
+
+    def add(self, weighted_loss):  # SophiaH's own forward of a micro-batch is not another micro-batch
+        estimating[0] = True
+        try:
+            real_add(self, weighted_loss)
+        finally:
+            estimating[0] = False
+
+    hessian_mod.HutchinsonDiagonal.add = add
 
     real_mlm_loss = mlm_mod.mlm_loss
     trainer_mod.task_loss, mlm_mod.mlm_loss = task_loss, mlm_loss

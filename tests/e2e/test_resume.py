@@ -1,5 +1,6 @@
 """A run killed (SIGKILL) in the middle of the optimiser step after its first checkpoint and started again
-ends with the same metrics.json and history.json as an uninterrupted run with the same seed (fp32, CPU); so
+ends with the same metrics.json and history.json as an uninterrupted run with the same seed (fp32, CPU), for
+plain training, surgery, SMART, the loss weightings and SophiaH; so
 does a run stopped by SIGTERM and then SIGINT, and one whose latest checkpoint is truncated or whose
 `latest` marker is empty. The kill or signal comes from the run itself at a fixed micro-batch
 (tests/distributed/worker.py), not from a race."""
@@ -112,6 +113,9 @@ VARIANTS = {
     "famo": {"mtl.method": "famo", "mtl.famo.lr": 0.5} | TWO,
     "uw": {"mtl.method": "uw", "mtl.uw.lr": 0.5} | TWO,
     "dwa": {"mtl.method": "dwa", "mtl.dwa.window": 1} | TWO,
+    # SophiaH's momentum and Hessian moments; the killed step (the third) estimates the Hessian again, with
+    # the draw of its step; its products go through the encoder (attention differentiated twice)
+    "sophia": {"optim.name": "sophia", "optim.lr": 3e-2, "optim.sophia_period": 2} | TWO,
 }
 
 
