@@ -211,7 +211,8 @@ class OptimConfig:
     # than plateau_patience epochs: torch's ReduceLROnPlateau, mode max, threshold 0, judged every epoch)
     plateau_factor: float = 0.5  # plateau: multiplier of the learning rate at each reduction
     plateau_patience: int = 0  # plateau: epochs without a better dev score tolerated before a reduction
-    sophia_period: int = 10  # sophia: optimiser steps per Hessian estimate (the estimating step costs ~3x)
+    sophia_period: int = 10  # sophia: optimiser steps per Hessian estimate (one more forward and a double
+    # backward per micro-batch of the estimating step)
     sophia_clip: float = 0.01  # sophia: largest |momentum / Hessian estimate| applied, per coordinate
 
     def __post_init__(self) -> None:

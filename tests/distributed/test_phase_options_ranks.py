@@ -1,7 +1,8 @@
 """2 ranks = 1 rank (fp32, CPU, tiny model without dropout, per-rank batch halved) for the options that
-change what a step sees rather than how it is combined: POS/NER tag embeddings (shared parameters, fed by a
-real spaCy pipeline) and a task-adaptive MLM phase before a joint phase (masks seeded per row, every
-predicted token weighted by the global batch's count), on records whose passes end in odd-sized batches."""
+change what a step sees or how many trainings a run holds: POS/NER tag embeddings (shared parameters, fed by
+a real spaCy pipeline), a task-adaptive MLM phase before a joint phase (masks seeded per row, every
+predicted token weighted by the global batch's count) and exclusive training (one model per task, one
+after another on the same process group), on records whose passes end in odd-sized batches."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[st
     cases = {
         "tags": {"data.tags": {"pipeline": str(tiny_spacy), "kinds": ["pos", "ner"]}},
         "tapt": {"phases": TAPT},
+        "each": {"train.exclusive": True},
     }
     for n in (1, 2):
         batch = GLOBAL_BATCH // n
@@ -108,3 +110,11 @@ def test_an_mlm_phase_and_the_joint_phase_after_it_train_the_same_on_two_ranks(r
     _assert_same(two / "phases" / "2-joint", one / "phases" / "2-joint", TASK_LOSSES)
     accuracy = scalars(one / tapt, "dev/mlm/accuracy")
     assert accuracy == pytest.approx(scalars(two / tapt, "dev/mlm/accuracy"), rel=1e-6)
+
+
+def test_exclusive_training_trains_each_tasks_model_the_same_on_two_ranks(run):
+    one, two = run("each", 1), run("each", 2)
+    for task in ("sst", "quora", "sts"):
+        _assert_same(two / "tasks" / task, one / "tasks" / task, {f"train/{task}/loss"})
+    m_one, m_two = (_flat(json.loads((d / "metrics.json").read_text())) for d in (one, two))
+    assert m_two == pytest.approx(m_one, rel=1e-5) and len(m_one) == 4  # three tasks' metrics and overall

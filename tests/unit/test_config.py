@@ -35,10 +35,10 @@ def test_dotted_overrides_reach_nested_fields():
     assert cfg.task_path("cfimdb", "train") == Path(cfg.data.dir) / "cf.csv"
 
 
-def test_the_revised_recipe_is_heads_then_joint_on_a_plateau_schedule():
+def test_the_plateau_recipe_is_heads_then_joint_on_a_plateau_schedule():
     from bertmt.config import phase_configs
 
-    phases = dict(phase_configs(load_config(RECIPE.parent / "cpu-recipe.yaml")))
+    phases = dict(phase_configs(load_config(RECIPE.parent / "cpu-recipe-plateau.yaml")))
     assert list(phases) == ["heads", "joint"]
     joint = phases["joint"]
     assert joint.optim.schedule == "plateau" and joint.train.epochs == 8 and joint.train.patience == 2
@@ -113,7 +113,7 @@ def test_missing_config_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-RECIPE = CONFIGS[0].parent / "cpu-recipe-v1.yaml"
+RECIPE = CONFIGS[0].parent / "cpu-recipe.yaml"
 
 
 def test_phases_resolve_to_full_configs_with_their_own_run_directories():
