@@ -90,7 +90,7 @@ def test_the_estimate_is_unbiased_for_the_hessian_diagonal():
     est = HutchinsonDiagonal(opt, seed=3, world=1, accum=1)
     order = _flat_order(opt, model)
     draws = []
-    for step in range(3000):  # a fresh u every step (period 1), from the seed and the step
+    for step in range(1500):  # a fresh u every step (period 1), from the seed and the step
         est.begin(step)
         est.add(lambda: _loss(model, *batch))
         est.finish()
