@@ -5,7 +5,8 @@
 - BERTMT_TEST_POISON=RANK:CALL: that rank's task loss of micro-batch CALL (0-based) becomes inf;
 - BERTMT_TEST_CRASH=RANK:CALL: that rank raises at micro-batch CALL;
 - BERTMT_TEST_HANG=RANK:CALL: that rank stops at micro-batch CALL and waits forever (a hung rank);
-- BERTMT_TEST_KILL=CALL: every rank kills itself (SIGKILL) at micro-batch CALL of this process;
+- BERTMT_TEST_KILL=CALL: every rank kills itself (SIGKILL) at micro-batch CALL of this process (micro-batches
+  are counted by their task or MLM loss; SophiaH's second forward of a micro-batch does not count);
 - BERTMT_TEST_SIGNAL=NAME:CALL: every rank sends itself signal NAME (TERM, INT, USR1...) at micro-batch CALL
   of this process;
 - BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;

@@ -1,9 +1,8 @@
 """A run killed (SIGKILL) in the middle of the optimiser step after its first checkpoint and started again
 ends with the same metrics.json and history.json as an uninterrupted run with the same seed (fp32, CPU), for
-plain training, surgery, SMART, the loss weightings and SophiaH; so
-does a run stopped by SIGTERM and then SIGINT, and one whose latest checkpoint is truncated or whose
-`latest` marker is empty. The kill or signal comes from the run itself at a fixed micro-batch
-(tests/distributed/worker.py), not from a race."""
+plain training, surgery, SMART, the loss weightings and SophiaH; so does a run stopped by SIGTERM and then
+SIGINT, and one whose latest checkpoint is truncated or whose `latest` marker is empty. The kill or signal
+comes from the run itself at a fixed micro-batch (tests/distributed/worker.py), not from a race."""
 
 from __future__ import annotations
 
