@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bertmt.run import _flat  # nested metrics -> {"sst.accuracy": ...}
 from tests.conftest import NO_REPORTS, tiny_overrides
 from tests.e2e.helpers import QUICKSTART, scalars, train_losses, train_many
 
@@ -83,13 +84,6 @@ def _assert_same(got: Path, want: Path, tags: set[str]) -> None:
         torch.testing.assert_close(p_got[name], p_want[name], rtol=1e-5, atol=1e-6, msg=name)
     m_got, m_want = (_flat(json.loads((d / "metrics.json").read_text())) for d in (got, want))
     assert m_got == pytest.approx(m_want, rel=1e-5)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value}
-    return out
 
 
 TASK_LOSSES = {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
