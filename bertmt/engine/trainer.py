@@ -25,7 +25,6 @@ from bertmt.engine import checkpoint as ckpt
 from bertmt.engine import deepspeed_compat
 from bertmt.engine.build import build_model, save_encoder_config
 from bertmt.engine.deepspeed_config import build_deepspeed_config
-from bertmt.engine.hessian import HutchinsonDiagonal, SophiaH
 from bertmt.engine.logger import MetricWriter
 from bertmt.engine.losses import task_loss
 from bertmt.engine.optim import build_optimizer, refresh_lr, shared_group_indices
@@ -86,7 +85,9 @@ class Trainer:
         )
         deepspeed_compat.clear_stale_zero3_gradients(self.engine)
         self.hessian = None  # SophiaH's Hessian estimate (optim.name=sophia)
-        if isinstance(optimizer, SophiaH):
+        if cfg.optim.name == "sophia":  # pytorch-optimizer imported only then (it takes ~1 s)
+            from bertmt.engine.hessian import HutchinsonDiagonal
+
             self.hessian = HutchinsonDiagonal(optimizer, cfg.run.seed, self.world, cfg.train.grad_accum)
         self.opt_step = make_step(
             self.engine, list(self.samplers), cfg, shared_group_indices(self.engine.optimizer)

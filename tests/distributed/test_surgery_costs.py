@@ -19,41 +19,56 @@ import math
 import pytest
 
 from tests.conftest import NO_REPORTS, tiny_overrides
-from tests.e2e.helpers import QUICKSTART, torchrun
+from tests.e2e.helpers import QUICKSTART, train_many
 
-WORKER = "tests.distributed.worker"
 T, WORLD = 3, 2
 
 
-def _run(pretrained, data, out, stage: int, method: str, accum: int, monkeypatch) -> list[dict]:
-    out.mkdir()
-    extra = {
-        "train.zero_stage": stage,
-        "train.grad_accum": accum,
-        "train.epochs": 1,
-        "train.batches_per_epoch": 2 * accum,
-        "mtl.method": method,
-        "model.pooling": "pooler",  # every shared parameter gets a gradient in plain training too
-        "tasks.sst.test": None,
-        "tasks.sts.test": None,
-    }
-    monkeypatch.setenv("BERTMT_TEST_COLLECTIVES", str(out))
-    monkeypatch.setenv("BERTMT_TEST_OUT", str(out))
-    torchrun(
-        WORLD,
-        "train",
-        str(QUICKSTART),
-        *tiny_overrides(pretrained, data, out / "run", **NO_REPORTS, **extra),
-        module=WORKER,
-    )
-    assert not (out / "run" / "reports").exists() and not (out / "run" / "plots").exists()  # run.reports
-    return [
-        {
-            "steps": json.loads((out / f"rank{r}-collectives.json").read_text()),
-            **json.loads((out / f"rank{r}.json").read_text()),
+CASES = [(stage, method, T) for stage in (0, 1, 2, 3) for method in ("none", "pcgrad")] + [
+    (1, "pcgrad", 2 * T)
+]
+
+
+@pytest.fixture(scope="module")
+def counted(tiny_pretrained, small_data, tmp_path_factory):
+    """``counted(stage, method, accum)``: per rank, the collectives of each optimiser step and the engine's
+    counters of that 2-rank run. All of CASES train in one torchrun launch."""
+    root = tmp_path_factory.mktemp("surgery-costs")
+    runs = []
+    for stage, method, accum in CASES:
+        extra = {
+            "train.zero_stage": stage,
+            "train.grad_accum": accum,
+            "train.epochs": 1,
+            "train.batches_per_epoch": 2 * accum,
+            "mtl.method": method,
+            "model.pooling": "pooler",  # every shared parameter gets a gradient in plain training too
+            "tasks.sst.test": None,
+            "tasks.sts.test": None,
         }
-        for r in range(WORLD)
-    ]
+        run_dir = root / f"zero{stage}-{method}-accum{accum}" / "run"
+        runs.append(
+            [
+                "train",
+                str(QUICKSTART),
+                *tiny_overrides(tiny_pretrained, small_data, run_dir, **NO_REPORTS, **extra),
+            ]
+        )
+    env = {"BERTMT_TEST_COLLECTIVES": "per-run", "BERTMT_TEST_OUT": "per-run"}
+    train_many(WORLD, runs, root / "runs.json", env=env)
+
+    def get(stage: int, method: str, accum: int) -> list[dict]:
+        out = root / f"zero{stage}-{method}-accum{accum}"
+        assert not (out / "run" / "reports").exists() and not (out / "run" / "plots").exists()  # run.reports
+        return [
+            {
+                "steps": json.loads((out / f"rank{r}-collectives.json").read_text()),
+                **json.loads((out / f"rank{r}.json").read_text()),
+            }
+            for r in range(WORLD)
+        ]
+
+    return get
 
 
 def _added(surgery: dict, plain: dict) -> dict[str, dict[str, int]]:
@@ -69,11 +84,8 @@ def _added(surgery: dict, plain: dict) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_surgery_adds_only_its_own_collectives_and_buffers(
-    stage, tiny_pretrained, small_data, tmp_path, monkeypatch
-):
-    plain = _run(tiny_pretrained, small_data, tmp_path / "plain", stage, "none", T, monkeypatch)
-    surgery = _run(tiny_pretrained, small_data, tmp_path / "pcgrad", stage, "pcgrad", T, monkeypatch)
+def test_surgery_adds_only_its_own_collectives_and_buffers(stage, counted):
+    plain, surgery = counted(stage, "none", T), counted(stage, "pcgrad", T)
     d = surgery[0]["shared_numel"]
     shard = T * math.ceil(d / WORLD) * 4
     for rank in range(WORLD):
@@ -101,9 +113,9 @@ def test_surgery_adds_only_its_own_collectives_and_buffers(
             assert held == shard + math.ceil(d / WORLD) * WORLD * 4 + own  # the shard and one local row
 
 
-def test_interleaved_tasks_hold_one_local_row_each(tiny_pretrained, small_data, tmp_path, monkeypatch):
+def test_interleaved_tasks_hold_one_local_row_each(counted):
     """Round robin with grad_accum 2T: sst, quora, sts, sst, quora, sts; no row is final before the fourth."""
-    surgery = _run(tiny_pretrained, small_data, tmp_path / "pcgrad", 1, "pcgrad", 2 * T, monkeypatch)
+    surgery = counted(1, "pcgrad", 2 * T)
     d = surgery[0]["shared_numel"]
     row = math.ceil(d / WORLD) * WORLD * 4
     own = surgery[0]["task_numel"] * 4

@@ -9,14 +9,15 @@
   are counted by their task or MLM loss; SophiaH's second forward of a micro-batch does not count);
 - BERTMT_TEST_SIGNAL=NAME:CALL: every rank sends itself signal NAME (TERM, INT, USR1...) at micro-batch CALL
   of this process;
-- BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing;
+- BERTMT_TEST_OUT=DIR: each rank writes DIR/rank<r>.json with its engine's step counters before closing
+  (DIR "per-run", here and for BERTMT_TEST_GRADS / BERTMT_TEST_COLLECTIVES: the parent directory of each
+  run's run.dir, for BERTMT_TEST_RUNS);
 - BERTMT_TEST_POISON_HEAD=RANK:CALL: after that rank's micro-batch CALL, its task-head gradient held by the
   ZeRO 0/1 surgery step becomes inf (the shared-parameter gradients stay finite: surgery sees a finite
   Gram matrix, DeepSpeed an overflow);
 - BERTMT_TEST_SURGERY=DIR: each rank writes DIR/rank<r>-surgery.json: per optimiser step, whether DeepSpeed
   applied it, whether the surgery method's state (generator, GradVac targets) and the weights changed;
-- BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt (DIR "per-run": in the parent directory of
-  each run's run.dir, for BERTMT_TEST_RUNS), the gradient (divided by the loss scale) of
+- BERTMT_TEST_GRADS=DIR: each rank saves DIR/rank<r>-grads.pt, the gradient (divided by the loss scale) of
   every parameter that DeepSpeed holds right before its first optimiser step, and the micro-batches of
   that step: ``{"grads": {name: tensor}, "micro_batches": [(task, rows, share), ...]}``;
 - BERTMT_TEST_RUNS=FILE: FILE holds a JSON list of argument lists; the process runs `bertmt` with each in
@@ -122,7 +123,7 @@ def main() -> int:
                     }.values()
                 ),
             }
-            with open(os.path.join(out, f"rank{rank}.json"), "w") as fp:
+            with open(os.path.join(_out_dir(out, self.cfg), f"rank{rank}.json"), "w") as fp:
                 json.dump(record, fp)
         if os.environ.get("BERTMT_TEST_RUNS"):
             kwargs["keep_process_group"] = True  # the next run uses it (DeepSpeed keeps a reference to it)
@@ -148,6 +149,11 @@ def main() -> int:
     return cli_main(sys.argv[1:])
 
 
+def _out_dir(out: str, cfg) -> str:
+    """DIR of a BERTMT_TEST_* variable: itself, or for "per-run" the parent directory of the run's run.dir."""
+    return os.path.dirname(os.path.abspath(cfg.run.dir)) if out == "per-run" else out
+
+
 def _save_first_step_grads(out: str, rank: int) -> None:
     from deepspeed.runtime.engine import DeepSpeedEngine
     from deepspeed.utils import safe_get_full_grad
@@ -161,7 +167,7 @@ def _save_first_step_grads(out: str, rank: int) -> None:
     def init(self, cfg, *args, **kwargs):  # every run records its own first step
         done.clear()
         micro_batches.clear()
-        target[0] = os.path.dirname(os.path.abspath(cfg.run.dir)) if out == "per-run" else out
+        target[0] = _out_dir(out, cfg)
         real_init(self, cfg, *args, **kwargs)
 
     Trainer.__init__ = init
@@ -198,16 +204,22 @@ def _record_collectives(out: str, rank: int) -> None:
     from bertmt.engine.trainer import Trainer
 
     counter, steps, real_train_step = CollectiveCounter().install(), [], Trainer.train_step
+    real_init, target = Trainer.__init__, [out]
+
+    def init(self, cfg, *args, **kwargs):  # every run records its own steps
+        steps.clear()
+        target[0] = _out_dir(out, cfg)
+        real_init(self, cfg, *args, **kwargs)
 
     def train_step(self):
         before = counter.snapshot()
         result = real_train_step(self)
         steps.append(CollectiveCounter.delta(counter.snapshot(), before))
-        with open(os.path.join(out, f"rank{rank}-collectives.json"), "w") as fp:
+        with open(os.path.join(target[0], f"rank{rank}-collectives.json"), "w") as fp:
             json.dump(steps, fp)
         return result
 
-    Trainer.train_step = train_step
+    Trainer.__init__, Trainer.train_step = init, train_step
 
 
 def _record_surgery_steps(out: str, rank: int, poison: tuple[int, int] | None) -> None:

@@ -61,13 +61,16 @@ def torchrun(
     return proc
 
 
-def train_many(nproc: int, runs: list[list[str]], scratch: Path, timeout: int = 1800) -> None:
+def train_many(
+    nproc: int, runs: list[list[str]], scratch: Path, timeout: int = 1800, env: dict | None = None
+) -> None:
     """``bertmt`` with each argument list of ``runs`` in turn, in one process (nproc 1) or one torchrun
-    launch: the test worker (tests/distributed/worker.py) starts torch and DeepSpeed once for all of them."""
+    launch: the test worker (tests/distributed/worker.py) starts torch and DeepSpeed once for all of them.
+    ``env``: more of the worker's variables (BERTMT_TEST_*)."""
     import json
 
     scratch.write_text(json.dumps(runs))
-    env = {"BERTMT_TEST_RUNS": str(scratch)}
+    env = {"BERTMT_TEST_RUNS": str(scratch)} | (env or {})
     worker = "tests.distributed.worker"
     if nproc == 1:
         bertmt(module=worker, env=env, timeout=timeout)

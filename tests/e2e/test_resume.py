@@ -136,24 +136,30 @@ def uninterrupted_variants(uninterrupted_plain, tiny_pretrained, small_data, tmp
     return dirs | {"plain": uninterrupted_plain}
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_killed_and_resumed_run_matches_uninterrupted(
-    name, uninterrupted_variants, tiny_pretrained, small_data, tmp_path
-):
-    variant = VARIANTS[name]
-    extra = PLAIN | variant
-    accum = extra["train.grad_accum"]
-    whole, parts = uninterrupted_variants[name], tmp_path / "parts"
-    args = tiny_overrides(tiny_pretrained, small_data, parts, **extra)
-    _kill_after_first_checkpoint(args, parts, accum)
-    harmless = [] if variant else ["run.log_every=1"]  # a restart may change what does not alter training
-    bertmt("train", str(QUICKSTART), *args, *harmless)
+@pytest.fixture(scope="module")
+def resumed_variants(tiny_pretrained, small_data, tmp_path_factory):
+    """Every variant killed inside step 3 (a process each), then all started again in one process."""
+    root = tmp_path_factory.mktemp("resumed-variants")
+    restarts = []
+    for name, variant in VARIANTS.items():
+        extra = PLAIN | variant
+        args = tiny_overrides(tiny_pretrained, small_data, root / name / "parts", **extra)
+        _kill_after_first_checkpoint(args, root / name / "parts", extra["train.grad_accum"])
+        harmless = [] if variant else ["run.log_every=1"]  # a restart may change what does not alter training
+        restarts.append(["train", str(QUICKSTART), *args, *harmless])
+    train_many(1, restarts, root / "restarts.json")
+    return {name: root / name / "parts" for name in VARIANTS}
 
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_killed_and_resumed_run_matches_uninterrupted(name, uninterrupted_variants, resumed_variants):
+    accum = (PLAIN | VARIANTS[name])["train.grad_accum"]
+    parts = resumed_variants[name]
     resumed = re.search(
         r"resuming at epoch (\d+), micro-batch (\d+), step (\d+)", (parts / "train.log").read_text()
     )
     assert resumed and resumed.groups() == ("1", str(2 * accum), "2")  # step 3 again from its start
-    _assert_same_result(parts, whole)
+    _assert_same_result(parts, uninterrupted_variants[name])
 
 
 def test_a_full_disk_ends_the_run_with_one_message_and_the_previous_checkpoint_intact(

@@ -91,3 +91,13 @@ def test_summary_gives_mean_and_sample_std_over_seeds_per_setting(tmp_path):
     assert groups[0]["train_s"] == pytest.approx((101.0, 1.0))
     markdown, _, _ = write_summary(tmp_path / "sweep")
     assert "## Over seeds (mean +- sample std)" in markdown and "0.7200 +- 0.0200" in markdown
+
+
+SHIPPED = sorted((QUICKSTART.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_sweep_files_expand_to_valid_runs_with_distinct_directories(path):
+    sweep = load_sweep(path)
+    assert sweep.runs
+    assert len({run.run_dir for run in sweep.runs}) == len(sweep.runs)
