@@ -81,3 +81,11 @@ def test_data_model_and_mtl_import_neither_the_config_engine_nor_run():
     }
     assert not found
     assert any(m.startswith("bertmt.data.") for m in graph)  # the packages were seen
+
+
+def test_the_trainer_imports_the_optional_optimiser_library_only_when_a_run_uses_it():
+    """pytorch-optimizer (Lion, AdaFactor, SophiaH) pulls in more of transformers: 0.5-1 s of start-up
+    that every training process (hundreds in the test suite) would pay for AdamW runs too."""
+    code = "import sys, bertmt.engine.trainer; print('pytorch_optimizer' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
