@@ -85,7 +85,7 @@ class Trainer:
         )
         deepspeed_compat.clear_stale_zero3_gradients(self.engine)
         self.hessian = None  # SophiaH's Hessian estimate (optim.name=sophia)
-        if cfg.optim.name == "sophia":  # pytorch-optimizer imported only then (it takes ~1 s)
+        if cfg.optim.name == "sophia":  # pytorch-optimizer imported only then (0.5-1 s of start-up)
             from bertmt.engine.hessian import HutchinsonDiagonal
 
             self.hessian = HutchinsonDiagonal(optimizer, cfg.run.seed, self.world, cfg.train.grad_accum)
