@@ -8,8 +8,6 @@ import logging
 import math
 import os
 import time
-import zlib
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bertmt.config import ExperimentConfig, save_config
-from bertmt.data.batching import TaskSampler, model_inputs
-from bertmt.data.schedule import TaskSchedule
+from bertmt.data.batching import model_inputs
 from bertmt.engine import checkpoint as ckpt
 from bertmt.engine import deepspeed_compat
 from bertmt.engine.build import build_model, save_encoder_config
@@ -31,6 +28,8 @@ from bertmt.engine.optim import build_optimizer, refresh_lr, shared_group_indice
 from bertmt.engine.preemption import REQUEUE, Diverged, Preempted, Pruned, StopCheck, slurm_job
 from bertmt.engine.runtime import init_distributed, setup_logging, write_run_info
 from bertmt.engine.surgery import make_step
+from bertmt.engine.train_data import load_train_data
+from bertmt.engine.train_metrics import RunningMeans, format_dev
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.files import atomic_write
 from bertmt.model import load_tokenizer
@@ -115,41 +114,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- set-up
 
     def _load_data(self) -> None:
-        cfg = self.cfg
-        self.samplers: dict[str, TaskSampler] = {}
-        self.dev = {}
-        loader = cfg.data.loader(self.tokenizer)
-        for task, resolved in cfg.resolved_tasks().items():
-            train = loader.load(resolved, "train")
-            if train is not None:
-                seed = cfg.run.seed + zlib.crc32(task.encode())
-                self.samplers[task] = TaskSampler(
-                    train, cfg.tasks[task].batch_size, cfg.data.bucket_pool, seed, self.rank, self.world
-                )
-            dev = loader.load(resolved, "dev")
-            if dev is not None:
-                self.dev[task] = dev
-        sched = cfg.schedule
-        self.schedule = TaskSchedule(
-            sched.kind,
-            {t: len(s.enc) for t, s in self.samplers.items()},
-            {t: len(s) for t, s in self.samplers.items()},
-            cfg.train.epochs,
-            cfg.run.seed,
-            sched.max_repeats,
-            {t: cfg.tasks[t].sample_weight for t in self.samplers},
-        )
-        per_epoch = epoch_length(cfg, self.schedule, self.samplers, self.world)
-        accum = cfg.train.grad_accum
-        self.batches_per_epoch = -(-per_epoch // accum) * accum  # whole optimiser steps per epoch
-        log.info(
-            "tasks %s; schedule %s; %d micro-batches per epoch, %d epochs, world size %d",
-            list(self.samplers),
-            sched.kind,
-            self.batches_per_epoch,
-            cfg.train.epochs,
-            self.world,
-        )
+        data = load_train_data(self.cfg, self.tokenizer, self.rank, self.world)
+        self.samplers, self.dev, self.schedule = data.samplers, data.dev, data.schedule
+        self.batches_per_epoch = data.batches_per_epoch
 
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run.config)
@@ -281,7 +248,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         cfg, st, n = self.cfg, self.state, self.batches_per_epoch
-        sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
+        running = RunningMeans(list(self.samplers), self.world)
         bar = tqdm(
             total=n,
             initial=st.index,
@@ -293,18 +260,13 @@ class Trainer:
         while st.index < n:
             logged, n_tokens = self.train_step()
             self._check_stop()
-            for task, values in logged:
-                for name, value in values.items():
-                    sums[f"{task}/{name}"] += value
-                    counts[f"{task}/{name}"] += 1
-            tokens += n_tokens
+            running.add(logged, n_tokens)
             bar.update(len(logged))
             if st.step % cfg.run.log_every == 0:
-                means = self._log_train(sums, counts, tokens / (time.time() - t0))
+                means = self._log_train(*running.pop())
                 bar.set_postfix(
                     {k.split("/")[0]: f"{v:.3f}" for k, v in means.items() if k.endswith("/loss")}
                 )
-                sums, counts, tokens, t0 = defaultdict(float), defaultdict(int), 0, time.time()
             if cfg.run.checkpoint_every and st.step % cfg.run.checkpoint_every == 0 and st.index < n:
                 self.save_checkpoint()
             if self._signal:
@@ -333,17 +295,7 @@ class Trainer:
                 + ". Lower optim.lr, raise optim.warmup_ratio or set optim.grad_clip"
             )
 
-    def _global_means(self, sums: dict, counts: dict) -> dict[str, float]:
-        """Mean of each ``task/quantity`` over all ranks (one small all-reduce). Every rank trains the same
-        task sequence, so every rank has the same keys."""
-        keys = [f"{t}/{q}" for t in self.samplers for q in ("loss", "smart_adv", "smart_prox")]
-        stats = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(stats)
-        return {k: float(s / c) for k, (s, c) in zip(keys, stats.tolist()) if c > 0}
-
-    def _log_train(self, sums: dict, counts: dict, tokens_per_s: float) -> dict[str, float]:
-        means = self._global_means(sums, counts)
+    def _log_train(self, means: dict[str, float], tokens_per_s: float) -> dict[str, float]:
         scalars = {f"train/{k}": v for k, v in means.items()}
         scalars["train/lr"] = self.engine.get_lr()[0]
         scalars["train/tokens_per_s"] = tokens_per_s * self.world
@@ -383,7 +335,7 @@ class Trainer:
         log.info(
             "epoch %d dev: %s  overall %.4f%s",
             st.epoch + 1,
-            _fmt(results, self.specs),
+            format_dev(results, self.specs),
             results["overall"],
             " (best)" if improved else "",
         )
@@ -470,28 +422,3 @@ class Trainer:
         keep = not self._owns_group if keep_process_group is None else keep_process_group
         if dist.is_initialized() and not keep:
             dist.destroy_process_group()
-
-
-def epoch_length(
-    cfg: ExperimentConfig, schedule: TaskSchedule, samplers: dict[str, TaskSampler], world: int
-) -> int:
-    """Micro-batches per epoch: train.batches_per_epoch, else schedule.samples_per_epoch examples (global
-    batches of batch_size x world, at the first epoch's sampling probabilities), else one expected pass over
-    schedule.epoch_task, else one pass over every task's data."""
-    if cfg.train.batches_per_epoch:
-        return cfg.train.batches_per_epoch
-    p = dict(zip(schedule.tasks, schedule.probabilities(0)))
-    if cfg.schedule.kind == "round_robin":
-        p = {t: 1 / len(samplers) for t in samplers}
-    if cfg.schedule.samples_per_epoch:
-        mean_batch = sum(p[t] * s.batch_size * world for t, s in samplers.items())
-        return math.ceil(cfg.schedule.samples_per_epoch / mean_batch)
-    if cfg.schedule.epoch_task:
-        return math.ceil(len(samplers[cfg.schedule.epoch_task]) / p[cfg.schedule.epoch_task])
-    return sum(len(s) for s in samplers.values())
-
-
-def _fmt(results: dict, specs: dict) -> str:
-    return "  ".join(
-        f"{t} {specs[t].metric} {m[specs[t].metric]:.4f}" for t, m in results.items() if t in specs
-    )

@@ -119,7 +119,7 @@ def _sampler(rows: int, batch_size: int, world: int):
 def test_epoch_length_follows_the_documented_precedence(world):
     """README: the epoch is train.batches_per_epoch micro-batches, else schedule.samples_per_epoch examples,
     else one pass over schedule.epoch_task, else one pass over every task (global batches: x world)."""
-    from bertmt.engine.trainer import epoch_length
+    from bertmt.engine.train_data import epoch_length
 
     sizes = {"sst": 400, "quora": 1200, "sts": 200}
     samplers = {t: _sampler(n, 8, world) for t, n in sizes.items()}
