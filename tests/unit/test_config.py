@@ -90,6 +90,10 @@ def test_the_plateau_recipe_is_heads_then_joint_on_a_plateau_schedule():
             "config key 'train.grad_accum': expected at least 2 with gradient surgery (mtl.method=pcgrad)",
         ),
         (["optim.lr=[1,"], "override 'optim.lr=[1,': the value is not valid YAML (line 1, column 4"),
+        (
+            ["tasks.sst.head_arch=lstm", "train.zero_stage=2"],
+            "config key 'train.zero_stage': expected 0, 1 or 3 with an LSTM head (tasks.sst)",
+        ),
     ],
 )
 def test_bad_config_fails_naming_the_key(override, message):
