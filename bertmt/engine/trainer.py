@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from bertmt.engine.runtime import init_distributed, setup_logging, write_run_inf
 from bertmt.engine.surgery import make_step
 from bertmt.engine.train_data import load_train_data
 from bertmt.engine.train_metrics import RunningMeans, format_dev
+from bertmt.engine.train_state import Stateful, TrainState, client_state, restore
 from bertmt.evaluation.predict import evaluate_tasks, to_predictions, write_predictions
 from bertmt.files import atomic_write
 from bertmt.model import load_tokenizer
@@ -40,19 +39,6 @@ from bertmt.rundir import RunDir
 EpochCallback = Callable[[dict], bool]  # an epoch's history entry -> stop now (see Trainer.fit)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Everything besides the engine that a resumed run needs to continue exactly."""
-
-    epoch: int = 0  # current epoch (0-based)
-    index: int = 0  # next micro-batch of the epoch
-    step: int = 0  # optimiser steps done
-    drawn: dict[str, int] = field(default_factory=dict)  # batches drawn per task sampler
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    history: list[dict] = field(default_factory=list)  # dev metrics after each epoch
 
 
 class Trainer:
@@ -129,16 +115,8 @@ class Trainer:
         client = ckpt.load_checkpoint(self.engine, self.run.checkpoints)
         if client is None:
             return
-        self.state = TrainState(**client["trainer"])
+        self.state = restore(client, self.samplers, self._stateful_parts())
         self._replay_plateau()
-        if self.cfg.mtl.per_task:
-            self.opt_step.load_state_dict(client["surgery"])
-        if self.smart is not None:
-            self.smart.load_state_dict(client.get("smart", {}))
-        if self.weighting is not None:
-            self.weighting.load_state_dict(client["weighting"])
-        for task, sampler in self.samplers.items():
-            sampler.drawn = self.state.drawn[task]
         log.info(
             "resuming at epoch %d, micro-batch %d, step %d",
             self.state.epoch + 1,
@@ -390,16 +368,14 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> None:
-        st = self.state
-        st.drawn = {t: s.drawn for t, s in self.samplers.items()}
-        client = {"trainer": dataclasses.asdict(st)}
-        if self.cfg.mtl.per_task:
-            client["surgery"] = self.opt_step.state_dict()
-        if self.smart is not None:
-            client["smart"] = self.smart.state_dict()
-        if self.weighting is not None:
-            client["weighting"] = self.weighting.state_dict()
-        ckpt.save_checkpoint(self.engine, self.run.checkpoints, f"step-{st.step}", client)
+        client = client_state(self.state, self.samplers, self._stateful_parts())
+        ckpt.save_checkpoint(self.engine, self.run.checkpoints, f"step-{self.state.step}", client)
+
+    def _stateful_parts(self) -> dict[str, Stateful]:
+        """The parts besides the engine and the samplers whose state a checkpoint keeps."""
+        parts = {"surgery": self.opt_step if self.cfg.mtl.per_task else None}
+        parts.update(smart=self.smart, weighting=self.weighting)
+        return {name: part for name, part in parts.items() if part is not None}
 
     def _finish(self, seconds: float) -> dict:
         best = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
