@@ -59,15 +59,18 @@ def mlp(in_size: int, out_size: int, hidden: list[int], dropout: float, output_b
 
 class ScaledCosine(nn.Module):
     """``scale * cos(u, v) + shift`` with learnable scale and shift; clipped to ``clip`` when given (a
-    regression target's range). Starts mapping cos in [-1, 1] onto the clip range (or onto [-1, 1])."""
+    regression target's range). A regression head starts mapping cos in [0, 1] onto the clip range, as
+    Sentence-BERT's cosine loss does (a sentence encoder's cosines of unrelated sentences are near 0, not -1;
+    two scalars at the encoder's learning rate barely move, so a worse start is corrected by distorting the
+    encoder: docs/results.md); a binary head starts at logit = cos."""
 
     def __init__(self, clip: tuple[float, float] | None) -> None:
         super().__init__()
-        lo, hi = clip or (-1.0, 1.0)
+        lo, hi = clip or (0.0, 1.0)
         self.clip = clip
         # shape (1,), not (): DeepSpeed broadcasts parameters viewed as bytes, impossible for 0-dim tensors
-        self.scale = nn.Parameter(torch.tensor([(hi - lo) / 2]))
-        self.shift = nn.Parameter(torch.tensor([(hi + lo) / 2]))
+        self.scale = nn.Parameter(torch.tensor([hi - lo]))
+        self.shift = nn.Parameter(torch.tensor([lo]))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         score = self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift  # (B,)

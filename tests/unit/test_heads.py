@@ -46,8 +46,8 @@ def test_siamese_forward_equals_encoding_each_sentence_alone():
         torch.testing.assert_close(out, head(u, v), rtol=1e-5, atol=1e-5)
         if task == "quora":  # the MLP sees [u, v, |u - v|, u * v]
             expected = head.mlp(torch.cat([u, v, (u - v).abs(), u * v], -1))
-        else:  # 2.5 * cos + 2.5, clipped to [0, 5]
-            expected = (2.5 * F.cosine_similarity(u, v) + 2.5).clamp(0, 5)[:, None]
+        else:  # 5 * cos, clipped to [0, 5]: cos 0 -> 0, cos 1 -> 5 at the start
+            expected = (5 * F.cosine_similarity(u, v)).clamp(0, 5)[:, None]
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -55,10 +55,12 @@ def test_cosine_head_clips_to_the_label_range_and_learns_its_scale():
     head = TaskHead(4, 1, [], 0.0, "mean", "cosine", 2.5, (0.0, 5.0))
     u = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [1.0, 1, 0, 0]])
     v = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    torch.testing.assert_close(head(u, v)[:, 0], torch.tensor([5.0, 0.0, 5 * 2**-0.5]))  # cos [0, 1] -> [0, 5]
     with torch.no_grad():
-        head.cosine.scale.fill_(3.0)
+        head.cosine.scale.fill_(6.0)
+        head.cosine.shift.fill_(-0.5)
     out = head(u, v)[:, 0]
-    torch.testing.assert_close(out, torch.tensor([5.0, 0.0, 3 * 2**-0.5 + 2.5]))  # 5.5 -> 5, -0.5 -> 0
+    torch.testing.assert_close(out, torch.tensor([5.0, 0.0, 6 * 2**-0.5 - 0.5]))  # 5.5 -> 5, -6.5 -> 0
     out[2].backward()
     assert head.cosine.scale.grad is not None and head.cosine.scale.grad != 0
     binary = TaskHead(4, 2, [], 0.0, "mean", "cosine")
