@@ -55,7 +55,8 @@ def test_cosine_head_clips_to_the_label_range_and_learns_its_scale():
     head = TaskHead(4, 1, [], 0.0, "mean", "cosine", 2.5, (0.0, 5.0))
     u = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [1.0, 1, 0, 0]])
     v = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
-    torch.testing.assert_close(head(u, v)[:, 0], torch.tensor([5.0, 0.0, 5 * 2**-0.5]))  # cos [0, 1] -> [0, 5]
+    start = head(u, v)[:, 0]  # cos [0, 1] -> [0, 5]
+    torch.testing.assert_close(start, torch.tensor([5.0, 0.0, 5 * 2**-0.5]))
     with torch.no_grad():
         head.cosine.scale.fill_(6.0)
         head.cosine.shift.fill_(-0.5)
