@@ -237,7 +237,7 @@ def _train_each_task(cfg: ExperimentConfig, start: float) -> bool:
     from bertmt.engine.exclusive import run_each_task
 
     metrics, models = run_each_task(cfg, _plotter(cfg))
-    runs = ", ".join(f"{m['task']} (best epoch {m['best_epoch']})" for m in models)
+    runs = ", ".join(f"{m['model']} (best epoch {m['best_epoch']})" for m in models)
     return _summarise(cfg, start, "every task's own model, best dev metrics", metrics, "models", runs)
 
 
@@ -275,7 +275,7 @@ def _model_epoch(run: RunDir) -> str:
     """Which epoch the best model is from, and whether the run has finished."""
     if run.task_models_json.is_file():  # train.exclusive
         models = run.read_json(run.task_models_json)
-        return "each task's own model: " + ", ".join(f"{m['task']} epoch {m['best_epoch']}" for m in models)
+        return "each task's own model: " + ", ".join(f"{m['model']} epoch {m['best_epoch']}" for m in models)
     info = run.read_json(run.best_info) if run.best_info.is_file() else {}
     state = "" if run.status() == "finished" else f" (the run is {run.status()}: not its final best model)"
     return f"best model of epoch {info.get('epoch', '?')}{state}"

@@ -82,9 +82,9 @@ class RunDir:
         """Phase ``index`` (0-based) of a phased run: a run directory of its own."""
         return RunDir(self.phases / f"{index + 1}-{name}")
 
-    def task_model(self, head: str) -> RunDir:
-        """The run of head ``head``'s own model in an exclusive run (train.exclusive)."""
-        return RunDir(self.task_models / head)
+    def task_model(self, model: str) -> RunDir:
+        """The run of model ``model`` (a head's task, or a tasks.<t>.model) in an exclusive run."""
+        return RunDir(self.task_models / model)
 
     def has_checkpoint(self) -> bool:
         """Whether training has saved anything to resume from (here, in a phase or in a task's own run)."""

@@ -190,6 +190,20 @@ class ExperimentConfig:
             task.head_arch,
         )
         check(
+            task.model is None or self.train.exclusive,
+            f"tasks.{name}.model",
+            "null unless train.exclusive=true (a joint run trains one model)",
+            task.model,
+        )
+        if task.head is not None:
+            check(
+                task.model in (None, self.model_of(task.head)),
+                f"tasks.{name}.model",
+                f"null or {self.model_of(task.head)!r}: a dataset sharing the head of {task.head} trains in "
+                "that task's model",
+                task.model,
+            )
+        check(
             spec.is_pair or task.pair_encoding is None,
             f"tasks.{name}.pair_encoding",
             "cross for a single-sentence task",
@@ -212,6 +226,12 @@ class ExperimentConfig:
     def head_of(self, name: str) -> str:
         """The head (and PALs) dataset ``name`` trains: its own, or the one named by tasks.<name>.head."""
         return self.tasks[name].head or name
+
+    def model_of(self, name: str) -> str:
+        """train.exclusive: the model dataset ``name`` trains in: its head's (a dataset sharing a head trains
+        with it), named by tasks.<head>.model or else after the head's task."""
+        head = self.head_of(name)
+        return self.tasks[head].model or head
 
     def head_arch(self, name: str) -> str:
         """mlp, lstm or cnn: the architecture of dataset ``name``'s head."""

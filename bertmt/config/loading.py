@@ -209,21 +209,22 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
 
 
 def task_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
-    """train.exclusive: per head, the config of its own model: that task and the datasets sharing its head,
-    every other setting as configured, in ``<run.dir>/tasks/<task>``. Errors name the task."""
+    """train.exclusive: per model (tasks.<t>.model; by default one per head), the config of that model: its
+    datasets, every other setting as configured, in ``<run.dir>/tasks/<model>``. Errors name the model."""
     base = to_dict(cfg)
     base["train"]["exclusive"] = False
     out = []
-    for head in (t for t in cfg.tasks if cfg.tasks[t].head is None):
+    for model in dict.fromkeys(cfg.model_of(t) for t in cfg.tasks):
         tree = copy.deepcopy(base)
-        tree["tasks"] = {t: v for t, v in base["tasks"].items() if cfg.head_of(t) == head}
+        tree["tasks"] = {t: v | {"model": None} for t, v in base["tasks"].items() if cfg.model_of(t) == model}
         if tree["schedule"]["epoch_task"] not in tree["tasks"]:
             tree["schedule"]["epoch_task"] = None
-        tree["run"]["dir"] = str(RunDir(cfg.run.dir).task_model(head).path)
+        tree["run"]["dir"] = str(RunDir(cfg.run.dir).task_model(model).path)
         try:
-            out.append((head, _build_dataclass(ExperimentConfig, tree, "")))
+            out.append((model, _build_dataclass(ExperimentConfig, tree, "")))
         except ConfigError as exc:
-            raise ConfigError(f"train.exclusive: the model of task '{head}': {exc}") from exc
+            tasks = sorted(tree["tasks"])
+            raise ConfigError(f"train.exclusive: the model {model!r} of {tasks}: {exc}") from exc
     return out
 
 

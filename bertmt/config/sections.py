@@ -111,6 +111,8 @@ class TaskConfig:
     # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
     pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
     # the cosine similarity with a learnable scale (regression: clipped to the label range), or both
+    model: str | None = None  # train.exclusive: the model this dataset trains in; datasets naming the same
+    # model train together, as one multitask model (default: its head's task's name, one model per head)
 
 
 @dataclass

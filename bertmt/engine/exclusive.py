@@ -1,5 +1,6 @@
 """Exclusive training (ExTraBERT: one model per task beat their multitask model): ``train.exclusive`` trains
-the model of every head alone, one after another, each a complete run directory ``<run.dir>/tasks/<task>``
+the model of every head alone (or of every group of tasks naming the same ``tasks.<t>.model``), one after
+another, each a complete run directory ``<run.dir>/tasks/<model>``
 (config, checkpoints, best/, metrics.json). A task's run with a metrics.json is finished and skipped, so an
 exclusive run started again resumes inside the task it stopped in. The top-level directory gets the whole
 config, ``tasks.json`` (each model's best epoch and metrics) and ``metrics.json``: every task's metrics from
@@ -31,18 +32,18 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
     setup_logging(None, dist_env.rank())
     configs = task_configs(cfg)
     summaries = []
-    for i, (head, task_cfg) in enumerate(configs):
+    for i, (model, task_cfg) in enumerate(configs):
         task_run = RunDir(task_cfg.run.dir)
         if task_run.metrics.is_file():
-            log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), head)
+            log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), model)
         else:
-            log.info(
-                "model %d/%d: %s alone, in %s", i + 1, len(configs), sorted(task_cfg.tasks), task_run.path
-            )
+            tasks = list(task_cfg.tasks)
+            log.info("model %d/%d (%s): %s alone, in %s", i + 1, len(configs), model, tasks, task_run.path)
             train_in_turn(cfg, Trainer(task_cfg), last=i + 1 == len(configs), on_end=on_task_end)
         summaries.append(
             {
-                "task": head,
+                "model": model,
+                "tasks": list(task_cfg.tasks),
                 "dir": str(task_run.path),
                 "best_epoch": task_run.read_json(task_run.best_info)["epoch"],
                 "metrics": task_run.read_metrics(),

@@ -40,11 +40,12 @@ def final_run(cfg: ExperimentConfig, run: RunDir) -> tuple[ExperimentConfig, Run
 
 def routes(cfg: ExperimentConfig, run: RunDir) -> list[tuple[ExperimentConfig, ExperimentConfig, RunDir]]:
     """Which model answers which tasks, as (config of the tasks, config of the model, its run): the run's
-    final model for all tasks, or (train.exclusive) each task's own model for that task and the datasets
-    sharing its head. The tasks' configs keep ``cfg``'s overrides (e.g. other dev files)."""
+    final model for all tasks, or (train.exclusive) each model for its tasks (a task and the datasets sharing
+    its head, or the tasks naming it in tasks.<t>.model). The tasks' configs keep ``cfg``'s overrides (e.g.
+    other dev files)."""
     if not cfg.train.exclusive:
         return [(cfg, *final_run(cfg, run))]
-    return [(task_cfg, task_cfg, run.task_model(head)) for head, task_cfg in task_configs(cfg)]
+    return [(task_cfg, task_cfg, run.task_model(model)) for model, task_cfg in task_configs(cfg)]
 
 
 def _load(cfg: ExperimentConfig, run: RunDir):

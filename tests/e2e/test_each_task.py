@@ -36,7 +36,7 @@ def test_each_task_has_its_own_model_and_the_top_level_combines_them(run):
     specs = {t: load_config(run_dir / "config.yaml").task_spec(t) for t in TASKS}
     assert top["overall"] == pytest.approx(overall_score({t: top[t] for t in TASKS}, specs))
     models = json.loads((run_dir / "tasks.json").read_text())
-    assert [m["task"] for m in models] == list(TASKS)
+    assert [(m["model"], m["tasks"]) for m in models] == [(t, [t]) for t in TASKS]
     assert "every task's own model" in proc.stdout
 
 
@@ -68,3 +68,30 @@ def test_eval_and_predict_route_each_task_to_its_model(run):
             open(run_dir / "tasks" / task / "predictions" / f"{task}-dev.csv") as b,
         ):
             assert list(csv.reader(a)) == list(csv.reader(b))  # the task's own model wrote the same
+
+
+def test_tasks_naming_one_model_train_together_and_are_routed_to_it(tiny_pretrained, small_data, tmp_path):
+    """tasks.<t>.model: SST and Quora in one multitask model, STS alone; eval routes each task to it."""
+    run_dir = tmp_path / "run"
+    groups = {"train.epochs": 1, "tasks.sst.model": "joint", "tasks.quora.model": "joint"}
+    bertmt(
+        "train",
+        str(QUICKSTART),
+        *tiny_overrides(tiny_pretrained, small_data, run_dir, **groups),
+        "--each-task",
+    )
+    assert sorted(p.name for p in (run_dir / "tasks").iterdir()) == ["joint", "sts"]
+    models = {m["model"]: m for m in json.loads((run_dir / "tasks.json").read_text())}
+    assert models["joint"]["tasks"] == ["sst", "quora"] and models["sts"]["tasks"] == ["sts"]
+    for model, tasks in (("joint", {"sst", "quora"}), ("sts", {"sts"})):
+        weights = load_file(str(run_dir / "tasks" / model / "best" / "model.safetensors"))
+        assert {k.split(".")[1] for k in weights if k.startswith("heads.")} == tasks
+    top = json.loads((run_dir / "metrics.json").read_text())
+    joint = json.loads((run_dir / "tasks" / "joint" / "metrics.json").read_text())
+    assert top["sst"] == joint["sst"] and top["quora"] == joint["quora"]
+    assert top["sts"] == json.loads((run_dir / "tasks" / "sts" / "metrics.json").read_text())["sts"]
+    proc = bertmt("eval", str(run_dir))
+    assert "each task's own model: joint epoch 1, sts epoch 1" in proc.stdout
+    (out,) = (run_dir / "eval").iterdir()
+    evaluated = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert evaluated["overall"] == pytest.approx(top["overall"], abs=1e-6)

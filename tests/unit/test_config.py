@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bertmt.cli import main
-from bertmt.config import ConfigError, load_config
+from bertmt.config import ConfigError, load_config, task_configs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -179,6 +179,11 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
             "config key 'model.pals.heads': expected a divisor of model.pals.size (204)",
         ),
         (["mtl.smart.steps=0"], "config key 'mtl.smart.steps': expected an integer >= 1"),
+        (["tasks.sst.model=joint"], "config key 'tasks.sst.model': expected null unless train.exclusive"),
+        (
+            ["train.exclusive=true", "tasks.sts.model=joint", "tasks.more={type: sts, head: sts, model: x}"],
+            "config key 'tasks.more.model': expected null or 'joint': a dataset sharing the head of sts",
+        ),
     ],
 )
 def test_bad_extra_dataset_pair_or_technique_settings_fail(override, message):
@@ -198,6 +203,37 @@ def test_extra_dataset_takes_its_type_format_and_can_share_a_head():
     spec = cfg.task_spec("sst2")
     assert spec.name == "sst2" and spec.num_labels == 5 and spec.label_column == "sentiment"
     assert cfg.head_of("sst2") == "sst" and cfg.head_of("sst") == "sst"
+
+
+def test_exclusive_training_trains_one_model_per_head_or_per_named_model():
+    quickstart = CONFIGS[0].parent / "quickstart.yaml"
+    per_head = task_configs(
+        load_config(quickstart, ["train.exclusive=true", "tasks.sst2={type: sst, head: sst}"])
+    )
+    assert [(m, list(c.tasks)) for m, c in per_head] == [
+        ("sst", ["sst", "sst2"]),
+        ("quora", ["quora"]),
+        ("sts", ["sts"]),
+    ]
+    grouped = [
+        "train.exclusive=true",
+        "tasks.sst.model=joint",
+        "tasks.quora.model=joint",
+        "tasks.sts2={type: sts, train: sts-train.csv, model: joint}",  # STS trained in both models
+        "tasks.sst2={type: sst, train: more.csv, head: sst}",  # with its head, in the head's model
+        "tasks.sts.pair_encoding=siamese",
+        "run.dir=runs/x",
+    ]
+    models = dict(task_configs(load_config(quickstart, grouped)))
+    assert {m: list(c.tasks) for m, c in models.items()} == {
+        "joint": ["sst", "quora", "sts2", "sst2"],
+        "sts": ["sts"],
+    }
+    assert models["joint"].run.dir == "runs/x/tasks/joint" and models["sts"].run.dir == "runs/x/tasks/sts"
+    assert (
+        models["sts"].pair_encoding("sts") == "siamese" and models["joint"].pair_encoding("sts2") == "cross"
+    )
+    assert not any(c.train.exclusive or any(t.model for t in c.tasks.values()) for c in models.values())
 
 
 @pytest.mark.parametrize(
