@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,12 @@ class ExperimentConfig:
             f"tasks.{name}.head_arch",
             f"null for a dataset sharing the head of {task.head}",
             task.head_arch,
+        )
+        check(
+            task.model is None or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", task.model) is not None,
+            f"tasks.{name}.model",
+            "a name of letters, digits, '_', '.' and '-' (it names the directory <run.dir>/tasks/<model>)",
+            task.model,
         )
         check(
             task.model is None or self.train.exclusive,

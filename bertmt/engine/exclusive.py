@@ -38,7 +38,7 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
             log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), model)
         else:
             tasks = list(task_cfg.tasks)
-            log.info("model %d/%d (%s): %s alone, in %s", i + 1, len(configs), model, tasks, task_run.path)
+            log.info("model %d/%d (%s): %s, in %s", i + 1, len(configs), model, tasks, task_run.path)
             train_in_turn(cfg, Trainer(task_cfg), last=i + 1 == len(configs), on_end=on_task_end)
         summaries.append(
             {

@@ -181,6 +181,10 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
         (["mtl.smart.steps=0"], "config key 'mtl.smart.steps': expected an integer >= 1"),
         (["tasks.sst.model=joint"], "config key 'tasks.sst.model': expected null unless train.exclusive"),
         (
+            ["train.exclusive=true", "tasks.sst.model=../x"],
+            "config key 'tasks.sst.model': expected a name of letters, digits",
+        ),
+        (
             ["train.exclusive=true", "tasks.sts.model=joint", "tasks.more={type: sts, head: sts, model: x}"],
             "config key 'tasks.more.model': expected null or 'joint': a dataset sharing the head of sts",
         ),
