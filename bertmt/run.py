@@ -275,7 +275,9 @@ def _model_epoch(run: RunDir) -> str:
     """Which epoch the best model is from, and whether the run has finished."""
     if run.task_models_json.is_file():  # train.exclusive
         models = run.read_json(run.task_models_json)
-        return "each task's own model: " + ", ".join(f"{m['model']} epoch {m['best_epoch']}" for m in models)
+        # runs written before tasks.<t>.model named each model "task"
+        epochs = [f"{m.get('model', m.get('task'))} epoch {m['best_epoch']}" for m in models]
+        return "each task's own model: " + ", ".join(epochs)
     info = run.read_json(run.best_info) if run.best_info.is_file() else {}
     state = "" if run.status() == "finished" else f" (the run is {run.status()}: not its final best model)"
     return f"best model of epoch {info.get('epoch', '?')}{state}"
