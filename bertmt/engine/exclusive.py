@@ -33,17 +33,16 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
     configs = task_configs(cfg)
     summaries = []
     for i, (model, task_cfg) in enumerate(configs):
-        task_run = RunDir(task_cfg.run.dir)
+        task_run, tasks = RunDir(task_cfg.run.dir), list(task_cfg.tasks)
         if task_run.metrics.is_file():
             log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), model)
         else:
-            tasks = list(task_cfg.tasks)
             log.info("model %d/%d (%s): %s, in %s", i + 1, len(configs), model, tasks, task_run.path)
             train_in_turn(cfg, Trainer(task_cfg), last=i + 1 == len(configs), on_end=on_task_end)
         summaries.append(
             {
                 "model": model,
-                "tasks": list(task_cfg.tasks),
+                "tasks": tasks,
                 "dir": str(task_run.path),
                 "best_epoch": task_run.read_json(task_run.best_info)["epoch"],
                 "metrics": task_run.read_metrics(),
