@@ -142,10 +142,10 @@ def _train_locked(cfg: ExperimentConfig, run: RunDir, on_epoch=None) -> int:
     start = time.time()
     try:
         with logging_redirect_tqdm():
-            if cfg.phases:
-                is_main = _train_phases(cfg, start)
-            elif cfg.train.exclusive:
+            if cfg.train.exclusive:  # phases, if any, run inside each model
                 is_main = _train_each_task(cfg, start)
+            elif cfg.phases:
+                is_main = _train_phases(cfg, start)
             else:
                 is_main = _train_single(cfg, start, on_epoch)
     except Pruned as exc:

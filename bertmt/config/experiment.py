@@ -35,7 +35,8 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     mtl: MtlConfig = field(default_factory=MtlConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    # training phases, run in order, each a name plus overrides of the sections above (see engine/phases.py)
+    # training phases, run in order, each a name plus overrides of the sections above (see engine/phases.py);
+    # train.exclusive: each model runs the phases whose models list names it (all without one)
     phases: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,12 +76,6 @@ class ExperimentConfig:
         )
         if self.train.objective == "mlm":
             self._check_mlm()
-        check(
-            not (self.train.exclusive and self.phases),
-            "train.exclusive",
-            "false in a phased run (phases continue one model; exclusive trains one per task)",
-            self.train.exclusive,
-        )
         check(
             self.optim.name != "adafactor" or self.train.zero_stage == 0,
             "train.zero_stage",

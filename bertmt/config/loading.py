@@ -152,7 +152,8 @@ def load_config(
             tree = read_yaml(path)
     apply_overrides(tree, list(overrides))
     cfg = _build_dataclass(ExperimentConfig, tree, "")
-    phase_configs(cfg)  # every phase's resolved config is checked now, not when the phase starts
+    # every phase's resolved config (exclusive: every model's) is checked now, not when it starts
+    task_configs(cfg) if cfg.train.exclusive else phase_configs(cfg)
     return cfg
 
 
@@ -185,6 +186,12 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
         check(isinstance(name, str) and name.isidentifier(), f"{key}.name", "an identifier", name)
         check(name not in names, f"{key}.name", "a name not used by another phase", name)
         names.add(name)
+        check(
+            "models" not in phase,
+            f"{key}.models",
+            "absent unless train.exclusive=true (it names the models, tasks.<t>.model, that run the phase)",
+            phase.get("models"),
+        )
         sections = {k: v for k, v in phase.items() if k != "name"}
         for section, value in sections.items():
             check(section in PHASE_SECTIONS, f"{key}.{section}", f"one of {list(PHASE_SECTIONS)}", section)
@@ -210,21 +217,58 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
 
 def task_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """train.exclusive: per model (tasks.<t>.model; by default one per head), the config of that model: its
-    datasets, every other setting as configured, in ``<run.dir>/tasks/<model>``. Errors name the model."""
+    datasets, every other setting as configured, in ``<run.dir>/tasks/<model>``, and the phases that name it
+    in ``phases[i].models`` (or name no model), their tasks sections cut to its datasets. Errors name the
+    model."""
     base = to_dict(cfg)
     base["train"]["exclusive"] = False
+    models = list(dict.fromkeys(cfg.model_of(t) for t in cfg.tasks))
+    _check_phase_models(cfg.phases, models)
     out = []
-    for model in dict.fromkeys(cfg.model_of(t) for t in cfg.tasks):
+    for model in models:
         tree = copy.deepcopy(base)
         tree["tasks"] = {t: v | {"model": None} for t, v in base["tasks"].items() if cfg.model_of(t) == model}
         if tree["schedule"]["epoch_task"] not in tree["tasks"]:
             tree["schedule"]["epoch_task"] = None
+        phases = [p for p in tree["phases"] if _runs(p, model, models)]
+        tree["phases"] = [_phase_of_model(p, tree["tasks"]) for p in phases]
         tree["run"]["dir"] = str(RunDir(cfg.run.dir).task_model(model).path)
         try:
-            out.append((model, _build_dataclass(ExperimentConfig, tree, "")))
+            sub = _build_dataclass(ExperimentConfig, tree, "")
+            phase_configs(sub)
         except ConfigError as exc:
             tasks = sorted(tree["tasks"])
             raise ConfigError(f"train.exclusive: the model {model!r} of {tasks}: {exc}") from exc
+        out.append((model, sub))
+    return out
+
+
+def _check_phase_models(phases: list, models: list[str]) -> None:
+    for i, phase in enumerate(phases):
+        if isinstance(phase, dict) and "models" in phase:
+            names = phase["models"]
+            check(
+                isinstance(names, list) and names and all(n in models for n in names),
+                f"phases[{i}].models",
+                f"a non-empty list of this run's models, of {models}",
+                names,
+            )
+
+
+def _runs(phase, model: str, models: list[str]) -> bool:
+    """Whether ``model`` runs ``phase`` (one that names no model runs in all; a malformed one is kept for
+    phase_configs to report)."""
+    return not isinstance(phase, dict) or model in phase.get("models", models)
+
+
+def _phase_of_model(phase, tasks: dict):
+    """A phase as one model of an exclusive run runs it: without ``models``, its tasks section cut to the
+    model's datasets."""
+    if not isinstance(phase, dict):
+        return phase
+    out = {k: v for k, v in phase.items() if k != "models"}
+    if isinstance(out.get("tasks"), dict):
+        out["tasks"] = {t: v for t, v in out["tasks"].items() if t in tasks}
     return out
 
 

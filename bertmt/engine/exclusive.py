@@ -1,8 +1,9 @@
 """Exclusive training (ExTraBERT: one model per task beat their multitask model): ``train.exclusive`` trains
 the model of every head alone (or of every group of tasks naming the same ``tasks.<t>.model``), one after
-another, each a complete run directory ``<run.dir>/tasks/<model>``
-(config, checkpoints, best/, metrics.json). A task's run with a metrics.json is finished and skipped, so an
-exclusive run started again resumes inside the task it stopped in. The top-level directory gets the whole
+another, each a complete run directory ``<run.dir>/tasks/<model>`` (config, checkpoints, best/, metrics.json),
+or a phased run there when ``phases`` name the model (``phases[i].models``; a phase naming none runs in every
+model). A model's run with a metrics.json is finished and skipped, so an exclusive run started again resumes
+inside the model (and phase) it stopped in. The top-level directory gets the whole
 config, ``tasks.json`` (each model's best epoch and metrics) and ``metrics.json``: every task's metrics from
 its own model, and their overall score.
 """
@@ -14,9 +15,10 @@ import logging
 
 from bertmt import dist_env
 from bertmt.config import ExperimentConfig, task_configs
-from bertmt.engine.phases import train_in_turn
+from bertmt.engine.phases import run_phases, train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
+from bertmt.evaluation.runs import final_run
 from bertmt.files import atomic_write
 from bertmt.rundir import RunDir
 
@@ -38,14 +40,20 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
             log.info("model %d/%d (%s) finished before: skipped", i + 1, len(configs), model)
         else:
             log.info("model %d/%d (%s): %s, in %s", i + 1, len(configs), model, tasks, task_run.path)
-            train_in_turn(cfg, Trainer(task_cfg), last=i + 1 == len(configs), on_end=on_task_end)
+            last = i + 1 == len(configs)
+            if task_cfg.phases:
+                run_phases(task_cfg, on_task_end, last=last)
+            else:
+                train_in_turn(cfg, Trainer(task_cfg), last=last, on_end=on_task_end)
+        _, final = final_run(task_cfg, task_run)  # a model with phases: its last phase
         summaries.append(
             {
                 "model": model,
                 "tasks": tasks,
                 "dir": str(task_run.path),
-                "best_epoch": task_run.read_json(task_run.best_info)["epoch"],
-                "metrics": task_run.read_metrics(),
+                **({"phase": final.path.name} if task_cfg.phases else {}),
+                "best_epoch": final.read_json(final.best_info)["epoch"],
+                "metrics": final.read_metrics(),
             }
         )
     metrics = combined_metrics(cfg, [s["metrics"] for s in summaries])

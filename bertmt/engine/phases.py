@@ -25,9 +25,10 @@ from bertmt.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dict]]:
+def run_phases(cfg: ExperimentConfig, on_phase_end=None, last: bool = True) -> tuple[dict, list[dict]]:
     """Train every phase; returns the final metrics and one summary per phase. ``on_phase_end(phase_cfg,
-    trainer)`` runs on every rank after each phase that trained (e.g. to plot it)."""
+    trainer)`` runs on every rank after each phase that trained (e.g. to plot it). ``last=False``: another
+    training follows in this process (the next model of an exclusive run), which keeps the process group."""
     from bertmt.engine.mlm import trainer_class
 
     run = RunDir(cfg.run.dir)
@@ -43,7 +44,7 @@ def run_phases(cfg: ExperimentConfig, on_phase_end=None) -> tuple[dict, list[dic
         else:
             trainer = trainer_class(phase_cfg)(phase_cfg, init_from=previous_best)
             log.info("phase %d/%d '%s' in %s", i + 1, len(phases), name, phase.path)
-            train_in_turn(cfg, trainer, last=i + 1 == len(phases), on_end=on_phase_end)
+            train_in_turn(cfg, trainer, last=last and i + 1 == len(phases), on_end=on_phase_end)
         summaries.append(_summary(name, phase))
         previous_best = phase.best_model
     _write_top_level(run, summaries)

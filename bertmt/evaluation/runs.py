@@ -41,11 +41,11 @@ def final_run(cfg: ExperimentConfig, run: RunDir) -> tuple[ExperimentConfig, Run
 def routes(cfg: ExperimentConfig, run: RunDir) -> list[tuple[ExperimentConfig, ExperimentConfig, RunDir]]:
     """Which model answers which tasks, as (config of the tasks, config of the model, its run): the run's
     final model for all tasks, or (train.exclusive) each model for its tasks (a task and the datasets sharing
-    its head, or the tasks naming it in tasks.<t>.model). The tasks' configs keep ``cfg``'s overrides (e.g.
-    other dev files)."""
+    its head, or the tasks naming it in tasks.<t>.model; a model with phases: its last phase's). The tasks'
+    configs keep ``cfg``'s overrides (e.g. other dev files)."""
     if not cfg.train.exclusive:
         return [(cfg, *final_run(cfg, run))]
-    return [(task_cfg, task_cfg, run.task_model(model)) for model, task_cfg in task_configs(cfg)]
+    return [(task_cfg, *final_run(task_cfg, run.task_model(model))) for model, task_cfg in task_configs(cfg)]
 
 
 def _load(cfg: ExperimentConfig, run: RunDir):
@@ -96,7 +96,6 @@ def predict_model(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "be
     """Predictions of every task with a file for ``split``: predictions/<task>-<split>.csv, or with
     ``fmt="cs224n"`` the starter code's files predictions/cs224n/<sst|para|sts>-<split>-output.csv (the
     datasets sst, quora and sts only)."""
-    written = []
     written = []
     for tasks_cfg, model_cfg, model_run in routes(cfg, run):
         written += _predict_route(cfg, tasks_cfg, model_cfg, model_run, run, split, fmt)

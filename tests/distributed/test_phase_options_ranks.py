@@ -2,7 +2,8 @@
 change what a step sees or how many trainings a run holds: POS/NER tag embeddings (shared parameters, fed by
 a real spaCy pipeline), a task-adaptive MLM phase before a joint phase (masks seeded per row, every
 predicted token weighted by the global batch's count) and exclusive training (one model per task, one
-after another on the same process group), on records whose passes end in odd-sized batches."""
+after another on the same process group, the first in two phases), on records whose passes end in
+odd-sized batches."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ TAPT = [
     {"name": "joint"},
 ]
 
+EACH_PHASES = [
+    {"name": "short", "models": ["sst"], "train": {"batches_per_epoch": 6}},
+    {"name": "long", "models": ["sst"]},
+]
+
 
 @pytest.fixture(scope="module")
 def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[str, int], Path]:
@@ -44,7 +50,8 @@ def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[st
     cases = {
         "tags": {"data.tags": {"pipeline": str(tiny_spacy), "kinds": ["pos", "ner"]}},
         "tapt": {"phases": TAPT},
-        "each": {"train.exclusive": True},
+        # the first model (sst) in two phases, the next ones without
+        "each": {"train.exclusive": True, "phases": EACH_PHASES},
     }
     for n in (1, 2):
         batch = GLOBAL_BATCH // n
@@ -108,7 +115,9 @@ def test_an_mlm_phase_and_the_joint_phase_after_it_train_the_same_on_two_ranks(r
 
 def test_exclusive_training_trains_each_tasks_model_the_same_on_two_ranks(run):
     one, two = run("each", 1), run("each", 2)
-    for task in ("sst", "quora", "sts"):
-        _assert_same(two / "tasks" / task, one / "tasks" / task, {f"train/{task}/loss"})
+    for sub in ("sst/phases/1-short", "sst/phases/2-long", "quora", "sts"):
+        task = sub.split("/")[0]
+        _assert_same(two / "tasks" / sub, one / "tasks" / sub, {f"train/{task}/loss"})
+    assert not (one / "tasks" / "quora" / "phases").exists()  # the phases name sst's model only
     m_one, m_two = (_flat(json.loads((d / "metrics.json").read_text())) for d in (one, two))
     assert m_two == pytest.approx(m_one, rel=1e-5) and len(m_one) == 4  # three tasks' metrics and overall

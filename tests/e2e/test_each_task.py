@@ -71,9 +71,12 @@ def test_eval_and_predict_route_each_task_to_its_model(run):
 
 
 def test_tasks_naming_one_model_train_together_and_are_routed_to_it(tiny_pretrained, small_data, tmp_path):
-    """tasks.<t>.model: SST and Quora in one multitask model, STS alone; eval routes each task to it."""
+    """tasks.<t>.model: SST and Quora in one multitask model, trained in two phases (a heads phase on the
+    frozen encoder, then all of it), STS alone without phases; eval routes each task to its final model."""
     run_dir = tmp_path / "run"
     groups = {"train.epochs": 1, "tasks.sst.model": "joint", "tasks.quora.model": "joint"}
+    heads = {"name": "heads", "models": ["joint"], "train": {"freeze_encoder": True, "batches_per_epoch": 4}}
+    groups["phases"] = [heads, {"name": "all", "models": ["joint"], "optim": {"lr": 1.0e-3}}]
     bertmt(
         "train",
         str(QUICKSTART),
@@ -81,17 +84,26 @@ def test_tasks_naming_one_model_train_together_and_are_routed_to_it(tiny_pretrai
         "--each-task",
     )
     assert sorted(p.name for p in (run_dir / "tasks").iterdir()) == ["joint", "sts"]
+    joint_dir, sts_dir = run_dir / "tasks" / "joint", run_dir / "tasks" / "sts"
+    assert sorted(p.name for p in (joint_dir / "phases").iterdir()) == ["1-heads", "2-all"]
+    assert not (sts_dir / "phases").exists() and not (joint_dir / "best").exists()
     models = {m["model"]: m for m in json.loads((run_dir / "tasks.json").read_text())}
     assert models["joint"]["tasks"] == ["sst", "quora"] and models["sts"]["tasks"] == ["sts"]
-    for model, tasks in (("joint", {"sst", "quora"}), ("sts", {"sts"})):
-        weights = load_file(str(run_dir / "tasks" / model / "best" / "model.safetensors"))
-        assert {k.split(".")[1] for k in weights if k.startswith("heads.")} == tasks
+    assert models["joint"]["phase"] == "2-all" and "phase" not in models["sts"]
+    final = joint_dir / "phases" / "2-all"
+    weights = {d: load_file(str(d / "best" / "model.safetensors")) for d in (final, sts_dir)}
+    for d, tasks in ((final, {"sst", "quora"}), (sts_dir, {"sts"})):
+        assert {k.split(".")[1] for k in weights[d] if k.startswith("heads.")} == tasks
+    after_heads = load_file(str(joint_dir / "phases" / "1-heads" / "best" / "model.safetensors"))
+    encoder = [k for k in after_heads if not k.startswith("heads.")]
+    assert any(not after_heads[k].equal(weights[final][k]) for k in encoder)  # phase 2 trained the encoder
     top = json.loads((run_dir / "metrics.json").read_text())
-    joint = json.loads((run_dir / "tasks" / "joint" / "metrics.json").read_text())
+    joint = json.loads((final / "metrics.json").read_text())
     assert top["sst"] == joint["sst"] and top["quora"] == joint["quora"]
-    assert top["sts"] == json.loads((run_dir / "tasks" / "sts" / "metrics.json").read_text())["sts"]
+    assert top["sts"] == json.loads((sts_dir / "metrics.json").read_text())["sts"]
     proc = bertmt("eval", str(run_dir))
     assert "each task's own model: joint epoch 1, sts epoch 1" in proc.stdout
     (out,) = (run_dir / "eval").iterdir()
     evaluated = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert evaluated["overall"] == pytest.approx(top["overall"], abs=1e-6)
+    for task in ("sst", "quora", "sts"):
+        assert evaluated[task] == pytest.approx(top[task], abs=1e-6)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bertmt.cli import main
-from bertmt.config import ConfigError, load_config, task_configs
+from bertmt.config import ConfigError, load_config, phase_configs, task_configs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -36,8 +36,6 @@ def test_dotted_overrides_reach_nested_fields():
 
 
 def test_the_plateau_recipe_is_heads_then_joint_on_a_plateau_schedule():
-    from bertmt.config import phase_configs
-
     phases = dict(phase_configs(load_config(RECIPE.parent / "cpu-recipe-plateau.yaml")))
     assert list(phases) == ["heads", "joint"]
     joint = phases["joint"]
@@ -121,8 +119,6 @@ RECIPE = CONFIGS[0].parent / "cpu-recipe.yaml"
 
 
 def test_phases_resolve_to_full_configs_with_their_own_run_directories():
-    from bertmt.config import phase_configs
-
     cfg = load_config(RECIPE, ["phases.1.train.epochs=5", "optim.weight_decay=0.05"])
     phases = dict(phase_configs(cfg))
     assert list(phases) == ["heads", "joint", "pals"]
@@ -238,6 +234,48 @@ def test_exclusive_training_trains_one_model_per_head_or_per_named_model():
         models["sts"].pair_encoding("sts") == "siamese" and models["joint"].pair_encoding("sts2") == "cross"
     )
     assert not any(c.train.exclusive or any(t.model for t in c.tasks.values()) for c in models.values())
+
+
+def test_exclusive_phases_run_in_the_models_they_name_with_their_tasks_only():
+    joint = ["train.exclusive=true", "tasks.sst.model=joint", "tasks.quora.model=joint", "run.dir=runs/x"]
+    phases = [
+        "phases=[{name: heads, models: [joint], train: {freeze_encoder: true}, "
+        "tasks: {sst: {batch_size: 4}}}, "
+        "{name: all, optim: {lr: 1.0e-5}, tasks: {sst: {batch_size: 5}, sts: {batch_size: 6}}}]"
+    ]
+    models = dict(task_configs(load_config(CONFIGS[0].parent / "quickstart.yaml", joint + phases)))
+    got = {m: [name for name, _ in phase_configs(c)] for m, c in models.items()}
+    assert got == {"joint": ["heads", "all"], "sts": ["all"]}
+    heads, all_joint = (c for _, c in phase_configs(models["joint"]))
+    (all_sts,) = (c for _, c in phase_configs(models["sts"]))
+    assert heads.train.freeze_encoder and not all_joint.train.freeze_encoder
+    assert list(heads.tasks) == ["sst", "quora"] and heads.tasks["sst"].batch_size == 4
+    assert list(all_joint.tasks) == ["sst", "quora"] and all_joint.tasks["sst"].batch_size == 5
+    assert list(all_sts.tasks) == ["sts"] and all_sts.tasks["sts"].batch_size == 6
+    assert all_sts.optim.lr == 1e-5 and all_sts.run.dir == "runs/x/tasks/sts/phases/1-all"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["phases=[{name: a, models: [sst]}]"],
+            "config key 'phases[0].models': expected absent unless train.exclusive=true",
+        ),
+        (
+            ["train.exclusive=true", "phases=[{name: a, models: [joint]}]"],
+            "config key 'phases[0].models': expected a non-empty list of this run's models, of ['sst', 'q",
+        ),
+        (
+            ["train.exclusive=true", "phases=[{name: a, models: [sts], optim: {lr: -1}}]"],
+            "the model 'sts' of ['sts']: phases[0] ('a'): config key 'optim.lr'",
+        ),
+    ],
+)
+def test_bad_exclusive_phases_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS[0].parent / "quickstart.yaml", override)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize(
