@@ -1,4 +1,4 @@
-"""configs/cpu-recipe.yaml (three phases) end to end on a tiny model and real records.
+"""configs/cpu-recipe-three-phases.yaml (issue 10's recipe) end to end on a tiny model and real records.
 
 Each phase starts from the previous phase's best model, a frozen encoder stays frozen, PALs are added in the
 last phase, patience stops a phase early, a run killed inside a phase resumes there and ends as an
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_overrides
 from tests.e2e.helpers import REPO, bertmt
 
-RECIPE = REPO / "configs" / "cpu-recipe.yaml"
+RECIPE = REPO / "configs" / "cpu-recipe-three-phases.yaml"
 WORKER = "tests.distributed.worker"
 SHORT = [  # the recipe's phases cut to a few micro-batches each
     "phases.0.train.batches_per_epoch=6",

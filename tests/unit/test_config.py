@@ -115,7 +115,7 @@ def test_missing_config_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-RECIPE = CONFIGS[0].parent / "cpu-recipe.yaml"
+RECIPE = CONFIGS[0].parent / "cpu-recipe-three-phases.yaml"
 
 
 def test_phases_resolve_to_full_configs_with_their_own_run_directories():
