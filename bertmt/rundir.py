@@ -87,8 +87,9 @@ class RunDir:
         return RunDir(self.task_models / model)
 
     def has_checkpoint(self) -> bool:
-        """Whether training has saved anything to resume from (here, in a phase or in a task's own run)."""
-        subs = [*self.phases.glob("*"), *self.task_models.glob("*")]
+        """Whether training has saved anything to resume from (here, in a phase, in a model of an exclusive
+        run or in one of that model's phases)."""
+        subs = [*self.phases.glob("*"), *self.task_models.glob("*"), *self.task_models.glob("*/phases/*")]
         return self.latest.is_file() or any(RunDir(p).latest.is_file() for p in subs)
 
     def status(self) -> str:

@@ -152,8 +152,11 @@ def load_config(
             tree = read_yaml(path)
     apply_overrides(tree, list(overrides))
     cfg = _build_dataclass(ExperimentConfig, tree, "")
-    # every phase's resolved config (exclusive: every model's) is checked now, not when it starts
-    task_configs(cfg) if cfg.train.exclusive else phase_configs(cfg)
+    # every phase's resolved config (exclusive: every model's, with its phases) is checked now, not later
+    if cfg.train.exclusive:
+        task_configs(cfg)
+    else:
+        phase_configs(cfg)
     return cfg
 
 
