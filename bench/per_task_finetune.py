@@ -5,7 +5,8 @@ process, in <out>/tasks/<task>: the config's settings otherwise (its phases drop
 train.exclusive builds it (``task_configs``). Its best dev metrics are printed.
 
     BERTMT_DATA_DIR=../shared/data/cs224n python bench/per_task_finetune.py \
-        runs/cpu-recipe-s3/phases/2-joint configs/cpu-recipe-three-phases.yaml /tmp/finetune [--lr 3e-5] [--epochs 2]
+        runs/cpu-recipe-s3/phases/2-joint configs/cpu-recipe-three-phases.yaml /tmp/finetune \
+        [--lr 3e-5] [--epochs 2]
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from bertmt.data.batching import encode
 from bertmt.evaluation.metrics import task_metrics
 from bertmt.evaluation.predict import predict, to_predictions
 from bertmt.evaluation.runs import _device, _load, routes
-from bertmt.rundir import RunDir
 from bertmt.run import run_config
+from bertmt.rundir import RunDir
 
 
 def main() -> None:
@@ -38,7 +38,8 @@ def main() -> None:
             outputs = []
             for d in (data, swapped):  # no cache: the cache key does not know the order
                 enc = encode(d, tokenizer, cfg.data.max_length, None, tagger=cfg.data.tagger)
-                outputs.append(predict(model, task.spec, enc, cfg.data.eval_batch_size, _device(), sharded=False))
+                batch = cfg.data.eval_batch_size
+                outputs.append(predict(model, task.spec, enc, batch, _device(), sharded=False))
             labels = enc.labels
             rows = {"a, b": outputs[0], "b, a": outputs[1], "mean of both": (outputs[0] + outputs[1]) / 2}
             print(f"{args.run} {name} ({model_run.path.name}), {len(labels)} dev pairs:")
