@@ -35,7 +35,7 @@ def _args(case: str, run_dir, pretrained, data) -> list[str]:
         "train.zero_stage": stage,
         "mtl.method": method,
         "train.grad_accum": ACCUM,
-        "train.epochs": 3,
+        "train.epochs": 2,  # killed in the first: the resumed run crosses an epoch boundary (CI time)
         "run.checkpoint_every": 2,
         "tasks.sst.test": None,
         "tasks.sts.test": None,
