@@ -92,6 +92,18 @@ def test_the_plateau_recipe_is_heads_then_joint_on_a_plateau_schedule():
             ["tasks.sst.head_arch=lstm", "train.zero_stage=2"],
             "config key 'train.zero_stage': expected 0, 1 or 3 with an LSTM head (tasks.sst)",
         ),
+        (
+            ["phases=[{name: a, models: [sst]}]"],
+            "config key 'phases[0].models': expected absent unless train.exclusive=true",
+        ),
+        (
+            ["train.exclusive=true", "phases=[{name: a, models: [joint]}]"],
+            "config key 'phases[0].models': expected a non-empty list of this run's models, of ['sst', 'q",
+        ),
+        (
+            ["train.exclusive=true", "phases=[{name: a, models: [sts], optim: {lr: -1}}]"],
+            "the model 'sts' of ['sts']: phases[0] ('a'): config key 'optim.lr'",
+        ),
     ],
 )
 def test_bad_config_fails_naming_the_key(override, message):
@@ -253,29 +265,6 @@ def test_exclusive_phases_run_in_the_models_they_name_with_their_tasks_only():
     assert list(all_joint.tasks) == ["sst", "quora"] and all_joint.tasks["sst"].batch_size == 5
     assert list(all_sts.tasks) == ["sts"] and all_sts.tasks["sts"].batch_size == 6
     assert all_sts.optim.lr == 1e-5 and all_sts.run.dir == "runs/x/tasks/sts/phases/1-all"
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        (
-            ["phases=[{name: a, models: [sst]}]"],
-            "config key 'phases[0].models': expected absent unless train.exclusive=true",
-        ),
-        (
-            ["train.exclusive=true", "phases=[{name: a, models: [joint]}]"],
-            "config key 'phases[0].models': expected a non-empty list of this run's models, of ['sst', 'q",
-        ),
-        (
-            ["train.exclusive=true", "phases=[{name: a, models: [sts], optim: {lr: -1}}]"],
-            "the model 'sts' of ['sts']: phases[0] ('a'): config key 'optim.lr'",
-        ),
-    ],
-)
-def test_bad_exclusive_phases_fail_naming_the_key(override, message):
-    with pytest.raises(ConfigError) as err:
-        load_config(CONFIGS[0].parent / "quickstart.yaml", override)
-    assert message in str(err.value)
 
 
 @pytest.mark.parametrize(
