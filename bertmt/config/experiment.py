@@ -211,6 +211,13 @@ class ExperimentConfig:
             "cross for a single-sentence task",
             task.pair_encoding,
         )
+        check(
+            not task.symmetric or self.pair_encoding(name) == "cross",
+            f"tasks.{name}.symmetric",
+            "false unless the task is a cross-encoded pair task (siamese pairs and single sentences have no "
+            "order to swap)",
+            task.symmetric,
+        )
         if self.pair_encoding(name) == "siamese":
             check(
                 task.pair_features == "concat" or spec.output_size <= 2,
@@ -256,6 +263,7 @@ class ExperimentConfig:
                 self.task_spec(name),
                 {split: self.task_path(name, split) for split in ("train", "dev", "test")},
                 self.pair_encoding(name) == "siamese",
+                self.tasks[name].symmetric,
             )
             for name in self.tasks
         }

@@ -62,6 +62,7 @@ class Encoded:
     second: Encoded | None = None  # siamese pairs: the second sentences (this one holds the first)
     chunking: Chunking | None = None  # long rows kept whole, split into segments by collate()
     tags: np.ndarray | None = None  # (total_tokens, K) int16: POS / NER tag of every piece (data.tags)
+    symmetric: bool = False  # cross-encoded pairs read in either order (tasks.<t>.symmetric); not cached
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,7 +159,7 @@ def encode(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = dict(enc.__dict__, second=None if enc.second is None else enc.second.__dict__)
-        state.pop("chunking")
+        state.pop("chunking"), state.pop("symmetric")
         with atomic_path(path) as tmp:  # concurrent ranks never read a half-written cache
             torch.save(state, tmp)
     lengths = enc.lengths
@@ -204,16 +205,37 @@ def _pad(sequences: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, 
     return input_ids, token_types, mask
 
 
-def collate(enc: Encoded, rows: np.ndarray) -> dict[str, torch.Tensor]:
+def swap_order(types: np.ndarray) -> np.ndarray | None:
+    """The token order that turns a cross-encoded pair ``[CLS] a [SEP] b [SEP]`` (token types 0 up to the
+    first [SEP], then 1) into ``[CLS] b [SEP] a [SEP]``: index it with the row's ids (and tags); the swapped
+    row's token types are ``swapped_types``. None for a row without a second sentence."""
+    n, first = len(types), int((types == 0).sum())  # first: [CLS] a [SEP]
+    if first >= n:
+        return None
+    return np.concatenate([[0], np.arange(first, n - 1), [first - 1], np.arange(1, first - 1), [n - 1]])
+
+
+def swapped_types(types: np.ndarray) -> np.ndarray:
+    """Token types of the row ``types`` after :func:`swap_order`: ``[CLS] b [SEP]`` 0, ``a [SEP]`` 1."""
+    second = int((types != 0).sum())
+    return np.concatenate([np.zeros(second + 1, types.dtype), np.ones(len(types) - second - 1, types.dtype)])
+
+
+def collate(enc: Encoded, rows: np.ndarray, swap: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Pad the given rows to their longest member (dynamic padding). Siamese pairs add ``input_ids_b`` and
     ``attention_mask_b`` (the second sentences). With ``enc.chunking``, every row becomes its segments (one
-    row per segment) and ``segment_of`` (S,) names the batch row each segment belongs to."""
+    row per segment) and ``segment_of`` (S,) names the batch row each segment belongs to. ``swap`` (one bool
+    per row, cross-encoded pairs): those rows are read as ``[CLS] b [SEP] a [SEP]``."""
     sequences, owner, tags = [], [], []
     for j, row in enumerate(rows):
         a, b = enc.offsets[row], enc.offsets[row + 1]
         ids, types = enc.input_ids[a:b], enc.token_types[a:b]
-        if enc.tags is not None:
-            tags.append(enc.tags[a:b])
+        row_tags = None if enc.tags is None else enc.tags[a:b]
+        if swap is not None and swap[j] and (order := swap_order(types)) is not None:
+            ids, types = ids[order], swapped_types(types)
+            row_tags = None if row_tags is None else row_tags[order]
+        if row_tags is not None:
+            tags.append(row_tags)
         if enc.chunking is None:
             sequences.append((ids, types))
             continue
@@ -292,14 +314,16 @@ class TaskSampler:
     """Training batches of one task: bucketed passes over the data, sliced for this rank.
 
     Batch number ``k`` of the whole run is fully determined by (seed, k): pass ``k // n`` is shuffled with its
-    own generator. The sampler's only state is how many batches were drawn, so resume is exact.
+    own generator. The sampler's only state is how many batches were drawn, so resume is exact. A symmetric
+    pair task's pass also draws, with a generator of its own, the order each pair is read in during that pass
+    (half of them swapped on average), the same on every rank.
     """
 
     def __init__(self, enc: Encoded, batch_size: int, pool: int, seed: int, rank: int = 0, world: int = 1):
         self.enc, self.seed, self.rank, self.world = enc, seed, rank, world
         self.batch_size, self.pool = batch_size, pool
         self.drawn = 0
-        self._pass, self._batches = -1, []
+        self._pass, self._batches, self._swap = -1, [], None
         self._len = len(self._pass_batches(0))
 
     def __len__(self) -> int:
@@ -310,6 +334,8 @@ class TaskSampler:
         if index != self._pass:
             rng = np.random.default_rng([self.seed, index])
             self._batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
+            if self.enc.symmetric:  # a generator of its own: the batches are those of an ordered task
+                self._swap = np.random.default_rng([self.seed, index, 1]).random(len(self.enc)) < 0.5
             self._pass = index
         return self._batches
 
@@ -322,6 +348,7 @@ class TaskSampler:
         batch = self._pass_batches(self.drawn // len(self))[self.drawn % len(self)]
         rows = np.array_split(batch, self.world)[self.rank]
         self.drawn += 1
-        out = collate(self.enc, rows if len(rows) else batch[:1])
+        rows_here = rows if len(rows) else batch[:1]
+        out = collate(self.enc, rows_here, None if self._swap is None else self._swap[rows_here])
         out["share"] = torch.tensor(len(rows) * self.world / len(batch), dtype=torch.float64)
         return out

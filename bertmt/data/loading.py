@@ -40,9 +40,11 @@ class Loader:
 
     def encode(self, task: Task, data: TaskData) -> Encoded:
         chunking = None if task.spec.is_pair else self.chunking
-        return encode(
+        enc = encode(
             data, self.tokenizer, self.max_length, self.cache_dir, task.siamese, chunking, self.tagger
         )
+        enc.symmetric = task.symmetric
+        return enc
 
     def load(self, task: Task, split: str) -> Encoded | None:
         """The tokenised records of ``task``'s ``split`` file, or None when no such file is configured."""

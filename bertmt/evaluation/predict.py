@@ -47,7 +47,9 @@ def predict(
     Under torch.distributed each rank scores every world-th batch and one all-reduce gathers them: every
     example is scored exactly once. Every rank runs the same number of forward passes (a rank short of a
     batch repeats one and drops the result): ZeRO-3 gathers parameters collectively inside each forward.
-    ``sharded=False``: this process scores everything alone (a finished run's model, on rank 0 only)."""
+    ``sharded=False``: this process scores everything alone (a finished run's model, on rank 0 only).
+    A symmetric pair task (``enc.symmetric``) is scored in both sentence orders and the outputs averaged
+    (logits; regression: the values)."""
     rank, world = _shard(sharded)
     was_training = model.training
     model.eval()
@@ -58,6 +60,9 @@ def predict(
     for i in tqdm(range(rounds), desc=f"eval {spec.name}", disable=not show_progress, leave=False):
         rows = mine[i] if i < len(mine) else every[0]
         out = model(spec.name, **model_inputs(collate(enc, rows), device))
+        if enc.symmetric:
+            swapped = collate(enc, rows, np.ones(len(rows), dtype=bool))
+            out = (out + model(spec.name, **model_inputs(swapped, device))) / 2
         if i < len(mine):
             outputs[torch.from_numpy(rows)] = out.float().cpu().double()
     model.train(was_training)

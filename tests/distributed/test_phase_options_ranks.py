@@ -1,6 +1,6 @@
 """2 ranks = 1 rank (fp32, CPU, tiny model without dropout, per-rank batch halved) for the options that
 change what a step sees or how many trainings a run holds: POS/NER tag embeddings (shared parameters, fed by
-a real spaCy pipeline), a task-adaptive MLM phase before a joint phase (masks seeded per row, every
+a real spaCy pipeline; with symmetric pair tasks, whose pairs and tags are read in a random order), a task-adaptive MLM phase before a joint phase (masks seeded per row, every
 predicted token weighted by the global batch's count) and exclusive training (one model per task, one
 after another on the same process group, the first in two phases), on records whose passes end in
 odd-sized batches."""
@@ -48,7 +48,11 @@ def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[st
     """``run(case, processes)``: the run directory; both cases run in one launch per process count."""
     root = tmp_path_factory.mktemp("phase-options")
     cases = {
-        "tags": {"data.tags": {"pipeline": str(tiny_spacy), "kinds": ["pos", "ner"]}},
+        "tags": {
+            "data.tags": {"pipeline": str(tiny_spacy), "kinds": ["pos", "ner"]},
+            "tasks.quora.symmetric": True,
+            "tasks.sts.symmetric": True,
+        },
         "tapt": {"phases": TAPT},
         # the first model (sst) in two phases, the next ones without
         "each": {"train.exclusive": True, "phases": EACH_PHASES},
@@ -96,7 +100,7 @@ def _assert_same(got: Path, want: Path, tags: set[str]) -> None:
 TASK_LOSSES = {"train/sst/loss", "train/quora/loss", "train/sts/loss"}
 
 
-def test_tag_embeddings_train_the_same_on_two_ranks(run):
+def test_tag_embeddings_and_symmetric_pairs_train_the_same_on_two_ranks(run):
     one, two = run("tags", 1), run("tags", 2)
     _assert_same(two, one, TASK_LOSSES)
     weights = load_file(str(one / "best" / "model.safetensors"))

@@ -1,5 +1,6 @@
 """Tiny end-to-end runs of the heads over the token states, max pooling, combined experts, the drop-in
-optimisers and the plateau schedule; a run killed (SIGKILL) after a plateau reduction resumes exactly."""
+optimisers, the plateau schedule and symmetric pair tasks (pairs read in a random order each pass); a run
+killed (SIGKILL) after a plateau reduction resumes exactly."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ OPTIONS = {
     "model.cnn_kernels": [2, 3],
     "model.cnn_channels": 6,
     "model.experts": {"count": 2, "layers": 1},
+    "tasks.quora.symmetric": True,
+    "tasks.sts.symmetric": True,
     "optim.name": "lion",
     "optim.lr": 3e-3,  # large enough for the tiny model's dev score to stall: the plateau schedule acts
     "optim.schedule": "plateau",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,10 +16,14 @@ from bertmt.data.batching import (
     encode,
     eval_batches,
     padded_tokens,
+    swap_order,
+    swapped_types,
 )
 from bertmt.data.readers import read_task_file
 from bertmt.data.tasks import TASKS
+from bertmt.evaluation.predict import predict
 from bertmt.model import load_tokenizer
+from tests.unit.model_fixtures import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +121,83 @@ def test_every_record_counts_once_with_weight_one_over_the_global_batch(sts, wor
             assert [float(p["share"]) for p in parts[len(whole["rows"]) :]] == [0.0] * (
                 world - len(whole["rows"])
             )
+
+
+def test_a_swapped_pair_is_the_pair_tokenised_the_other_way_round(sts, data_dir):
+    """collate(swap=...) against the tokenizer run on (b, a); tags follow their tokens."""
+    tok = load_tokenizer("minilm")
+    data = read_task_file(data_dir / "sts-train.csv", TASKS["sts"])
+    whole = np.flatnonzero(sts.lengths < 64)[:40]  # not truncated: the pieces do not depend on the order
+    tagged = dataclasses.replace(sts, tags=(sts.input_ids[:, None] % 1000).astype(np.int16))
+    swap = np.arange(len(whole)) % 2 == 0  # every other row
+    batch = collate(tagged, whole, swap)
+    for j, row in enumerate(whole):
+        a, b = data.texts[row]
+        want = tok.encode(b, a) if swap[j] else tok.encode(a, b)
+        n = len(want.ids)
+        assert batch["input_ids"][j, :n].tolist() == want.ids
+        assert batch["token_type_ids"][j, :n].tolist() == want.type_ids
+        assert batch["attention_mask"][j].sum() == n
+        assert (batch["tag_ids"][j, :n, 0] == batch["input_ids"][j, :n] % 1000).all()
+
+
+def test_a_symmetric_sampler_swaps_about_half_of_each_pass_the_same_on_every_rank(sts):
+    """Which pairs a pass swaps depends on (seed, pass, record) only: the batches are those of the ordered
+    task, each row is read as in the file or swapped, 1 rank and 2 ranks read every row the same way, and
+    the next pass draws again."""
+    sym = dataclasses.replace(sts, symmetric=True)
+    plain, single = TaskSampler(sts, 8, 50, seed=1), TaskSampler(sym, 8, 50, seed=1)
+    ranks = [TaskSampler(sym, 4, 50, seed=1, rank=r, world=2) for r in range(2)]
+    swapped_by_pass = []
+    for _ in range(2):
+        swapped = np.zeros(len(sts), dtype=bool)
+        for _ in range(len(single)):
+            want, got, parts = plain.next(), single.next(), [s.next() for s in ranks]
+            assert torch.equal(got["rows"], want["rows"])
+            assert torch.equal(torch.cat([q["rows"] for q in parts]), got["rows"])
+            per_rank = [(q, k) for q in parts for k in range(len(q["rows"]))]
+            for j, n in enumerate(got["attention_mask"].sum(1).tolist()):
+                ids, types = got["input_ids"][j, :n].numpy(), got["token_type_ids"][j, :n].numpy()
+                q, k = per_rank[j]
+                assert np.array_equal(q["input_ids"][k, :n].numpy(), ids)
+                w_ids, w_types = want["input_ids"][j, :n].numpy(), want["token_type_ids"][j, :n].numpy()
+                order = swap_order(w_types)
+                as_read = np.array_equal(ids, w_ids) and np.array_equal(types, w_types)
+                assert as_read or (
+                    np.array_equal(ids, w_ids[order]) and np.array_equal(types, swapped_types(w_types))
+                )
+                swapped[int(got["rows"][j])] = not as_read
+        swapped_by_pass.append(swapped)
+        assert 0.45 < swapped_by_pass[-1].mean() < 0.55
+    assert 0.4 < (swapped_by_pass[0] != swapped_by_pass[1]).mean() < 0.6  # passes draw independently
+
+
+def test_a_symmetric_task_is_scored_as_the_mean_of_both_orders():
+    """predict() on a symmetric pair task against the model run on the pairs built in each order by hand."""
+    rng = np.random.default_rng(0)
+    pairs = [
+        (rng.integers(3, 100, rng.integers(1, 9)), rng.integers(3, 100, rng.integers(1, 9)))
+        for _ in range(11)
+    ]
+
+    def built(rows: list[tuple[np.ndarray, np.ndarray]], symmetric: bool = False) -> Encoded:
+        seqs = [np.concatenate([[1], a, [2], b, [2]]) for a, b in rows]
+        types = [np.concatenate([np.zeros(len(a) + 2), np.ones(len(b) + 1)]) for a, b in rows]
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+        ids = [str(i) for i in range(len(rows))]
+        labels = np.zeros(len(rows), np.float32)
+        return Encoded(
+            ids,
+            np.concatenate(seqs).astype(np.int32),
+            np.concatenate(types).astype(np.int8),
+            offsets,
+            labels,
+            symmetric=symmetric,
+        )
+
+    model, spec = tiny_model(), TASKS["quora"]
+    ab = predict(model, spec, built(pairs), 4, "cpu", show_progress=False, sharded=False)
+    ba = predict(model, spec, built([(b, a) for a, b in pairs]), 4, "cpu", show_progress=False, sharded=False)
+    both = predict(model, spec, built(pairs, symmetric=True), 4, "cpu", show_progress=False, sharded=False)
+    assert not np.allclose(ab, ba, atol=1e-3)  # the model reads the two orders differently
+    np.testing.assert_allclose(both, (ab + ba) / 2, rtol=1e-5, atol=1e-6)

@@ -180,6 +180,11 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
             ["tasks.sst.pair_encoding=siamese"],
             "config key 'tasks.sst.pair_encoding': expected cross for a single",
         ),
+        (["tasks.sst.symmetric=true"], "config key 'tasks.sst.symmetric': expected false unless the task is a"),
+        (
+            ["tasks.sts.pair_encoding=siamese", "tasks.sts.symmetric=true"],
+            "config key 'tasks.sts.symmetric': expected false unless the task is a cross-encoded pair task",
+        ),
         (["tasks.sst.sample_weight=2"], "config key 'schedule.kind': expected a sampling schedule"),
         (["tasks.sst.batch_size=0"], "config key 'tasks.sst.batch_size': expected an integer >= 1"),
         (
