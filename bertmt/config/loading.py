@@ -207,6 +207,14 @@ def phase_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
             out.append((name, _build_dataclass(ExperimentConfig, tree, "")))
         except ConfigError as exc:
             raise ConfigError(f"{key} ('{name}'): {exc}") from exc
+        for task, task_cfg in out[-1][1].tasks.items():
+            check(
+                task not in cfg.tasks or task_cfg.symmetric == cfg.tasks[task].symmetric,
+                f"{key}.tasks.{task}.symmetric",
+                f"{cfg.tasks[task].symmetric if task in cfg.tasks else None}, the base config's value (the "
+                "finished run is evaluated and predicted as the base config reads its pairs)",
+                task_cfg.symmetric,
+            )
     if out:
         last = len(out) - 1
         check(

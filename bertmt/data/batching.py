@@ -158,8 +158,10 @@ def encode(
         _log_chunking(data.task, enc, chunking)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = dict(enc.__dict__, second=None if enc.second is None else enc.second.__dict__)
-        state.pop("chunking"), state.pop("symmetric")
+        uncached = ("chunking", "symmetric")  # set by the caller, not by the file
+        state = {k: v for k, v in enc.__dict__.items() if k not in uncached}
+        if enc.second is not None:
+            state["second"] = {k: v for k, v in enc.second.__dict__.items() if k not in uncached}
         with atomic_path(path) as tmp:  # concurrent ranks never read a half-written cache
             torch.save(state, tmp)
     lengths = enc.lengths

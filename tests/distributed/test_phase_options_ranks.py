@@ -1,9 +1,9 @@
 """2 ranks = 1 rank (fp32, CPU, tiny model without dropout, per-rank batch halved) for the options that
 change what a step sees or how many trainings a run holds: POS/NER tag embeddings (shared parameters, fed by
-a real spaCy pipeline; with symmetric pair tasks, whose pairs and tags are read in a random order), a task-adaptive MLM phase before a joint phase (masks seeded per row, every
-predicted token weighted by the global batch's count) and exclusive training (one model per task, one
-after another on the same process group, the first in two phases), on records whose passes end in
-odd-sized batches."""
+a real spaCy pipeline; with symmetric pair tasks, whose pairs and tags are read in a random order), a
+task-adaptive MLM phase before a joint phase (masks seeded per row, every predicted token weighted by the
+global batch's count) and exclusive training (one model per task, one after another on the same process
+group, the first in two phases), on records whose passes end in odd-sized batches."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bertmt.config import load_config
 from bertmt.data.batching import (
     Encoded,
     TaskSampler,
@@ -19,10 +20,12 @@ from bertmt.data.batching import (
     swap_order,
     swapped_types,
 )
+from bertmt.data.loading import Loader
 from bertmt.data.readers import read_task_file
 from bertmt.data.tasks import TASKS
 from bertmt.evaluation.predict import predict
 from bertmt.model import load_tokenizer
+from tests.e2e.helpers import QUICKSTART
 from tests.unit.model_fixtures import tiny_model
 
 
@@ -201,3 +204,12 @@ def test_a_symmetric_task_is_scored_as_the_mean_of_both_orders():
     both = predict(model, spec, built(pairs, symmetric=True), 4, "cpu", show_progress=False, sharded=False)
     assert not np.allclose(ab, ba, atol=1e-3)  # the model reads the two orders differently
     np.testing.assert_allclose(both, (ab + ba) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_a_symmetric_tasks_data_is_loaded_symmetric_from_the_file_and_from_the_cache(data_dir, tmp_path):
+    tasks = load_config(QUICKSTART, [f"data.dir={data_dir}", "tasks.quora.symmetric=true"]).resolved_tasks()
+    loader = Loader(load_tokenizer("minilm"), 64, tmp_path)
+    for _ in range(2):  # tokenised and cached, then read back from the cache
+        assert loader.load(tasks["quora"], "dev").symmetric
+        assert not loader.load(tasks["sts"], "dev").symmetric
+    assert len(list(tmp_path.glob("*.pt"))) == 2

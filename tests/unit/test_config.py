@@ -154,6 +154,10 @@ def test_phases_resolve_to_full_configs_with_their_own_run_directories():
         (["phases.5.optim.lr=1"], "config key 'phases.5.optim.lr': expected an index below 3"),
         (["phases.1.name=heads"], "config key 'phases[1].name': expected a name not used by another phase"),
         (
+            ["phases.1.tasks={sts: {symmetric: true}}"],
+            "config key 'phases[1].tasks.sts.symmetric': expected False, the base config's value",
+        ),
+        (
             ["phases.0.mtl={method: pcgrad}"],
             "config key 'mtl.method': expected none with train.freeze_encoder=true",
         ),
@@ -180,7 +184,7 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
             ["tasks.sst.pair_encoding=siamese"],
             "config key 'tasks.sst.pair_encoding': expected cross for a single",
         ),
-        (["tasks.sst.symmetric=true"], "config key 'tasks.sst.symmetric': expected false unless the task is a"),
+        (["tasks.sst.symmetric=true"], "config key 'tasks.sst.symmetric': expected false unless the task"),
         (
             ["tasks.sts.pair_encoding=siamese", "tasks.sts.symmetric=true"],
             "config key 'tasks.sts.symmetric': expected false unless the task is a cross-encoded pair task",
