@@ -2,7 +2,8 @@
 the order of the two sentences, but a cross-encoder reads "[CLS] a [SEP] b [SEP]" and "[CLS] b [SEP] a
 [SEP]" differently. This scores a finished run's dev pairs both ways and with the two outputs averaged
 (test-time symmetrisation), per cross-encoded pair task, with the run's own best model(s) (phased and
-exclusive runs: the model that answers the task). Nothing is written.
+exclusive runs: the model that answers the task). Nothing is written. (Training and evaluating with both
+orders is now `tasks.<t>.symmetric: true`; this probe scores runs trained without it.)
 
     BERTMT_DATA_DIR=../shared/data/cs224n python bench/symmetric_eval.py runs/cpu-recipe-split [--tasks quora]
 """
