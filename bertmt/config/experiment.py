@@ -218,6 +218,8 @@ class ExperimentConfig:
             "order to swap)",
             task.symmetric,
         )
+        if task.ensemble:
+            self._check_ensemble(name, task)
         if self.pair_encoding(name) == "siamese":
             check(
                 task.pair_features == "concat" or spec.output_size <= 2,
@@ -225,6 +227,48 @@ class ExperimentConfig:
                 "concat for a task with more than 2 outputs",
                 task.pair_features,
             )
+
+    def _check_ensemble(self, name: str, task: TaskConfig) -> None:
+        key, kind = f"tasks.{name}.ensemble", task.type or name
+        check(
+            self.train.exclusive,
+            key,
+            "[] unless train.exclusive=true (the members' models are trained and scored on their own)",
+            task.ensemble,
+        )
+        check(len(set(task.ensemble)) == len(task.ensemble), key, "a list without repeats", task.ensemble)
+        for member in task.ensemble:
+            other = self.tasks.get(member)
+            check(
+                other is not None and member != name,
+                key,
+                f"other configured datasets, of {sorted(set(self.tasks) - {name})}",
+                member,
+            )
+            check(
+                (other.type or member) == kind,
+                key,
+                f"datasets of type {kind!r} (members score {name}'s files with their heads; {member} is of "
+                f"type {other.type or member!r})",
+                member,
+            )
+            check(
+                self.head_of(member) != self.head_of(name),
+                key,
+                f"datasets with a head other than {self.head_of(name)}'s (one head would count twice)",
+                member,
+            )
+            check(
+                not other.ensemble,
+                f"tasks.{member}.ensemble",
+                f"[] for a member of {name}'s ensemble (ensembles do not nest)",
+                other.ensemble,
+            )
+
+    @property
+    def ensemble_members(self) -> set[str]:
+        """The datasets whose outputs join another's (tasks.<t>.ensemble): outside the overall score."""
+        return {m for task in self.tasks.values() for m in task.ensemble}
 
     def task_spec(self, name: str):
         """The TaskSpec of configured dataset ``name`` (its registry type's format, under its own name)."""

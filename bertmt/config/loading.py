@@ -238,7 +238,9 @@ def task_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     out = []
     for model in models:
         tree = copy.deepcopy(base)
-        tree["tasks"] = {t: v | {"model": None} for t, v in base["tasks"].items() if cfg.model_of(t) == model}
+        # a model's run is the run of its datasets alone: ensembles join the models' outputs afterwards
+        mine = {t: v for t, v in base["tasks"].items() if cfg.model_of(t) == model}
+        tree["tasks"] = {t: v | {"model": None, "ensemble": []} for t, v in mine.items()}
         if tree["schedule"]["epoch_task"] not in tree["tasks"]:
             tree["schedule"]["epoch_task"] = None
         phases = [p for p in tree["phases"] if _runs(p, model, models)]

@@ -5,7 +5,8 @@ or a phased run there when ``phases`` name the model (``phases[i].models``; a ph
 model). A model's run with a metrics.json is finished and skipped, so an exclusive run started again resumes
 inside the model (and phase) it stopped in. The top-level directory gets the whole
 config, ``tasks.json`` (each model's best epoch and metrics) and ``metrics.json``: every task's metrics from
-its own model, and their overall score.
+its own model (a task with ``tasks.<t>.ensemble``: from its model and its members' together), and their
+overall score (members aside).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bertmt.config import ExperimentConfig, task_configs
 from bertmt.engine.phases import run_phases, train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
-from bertmt.evaluation.runs import final_run
+from bertmt.evaluation.runs import ensemble_dev_metrics, final_run
 from bertmt.files import atomic_write
 from bertmt.rundir import RunDir
 
@@ -58,13 +59,16 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
         )
     metrics = combined_metrics(cfg, [s["metrics"] for s in summaries])
     if dist_env.rank() == 0:
+        if cfg.ensemble_members:
+            metrics = combined_metrics(cfg, [metrics, ensemble_dev_metrics(cfg, run)])
         atomic_write(run.task_models_json, json.dumps(summaries, indent=2))
         atomic_write(run.metrics, json.dumps(metrics, indent=2))
     return metrics, summaries
 
 
 def combined_metrics(cfg: ExperimentConfig, per_model: list[dict]) -> dict:
-    """Every task's metrics from its own model, and the overall score over all of them."""
+    """Every task's metrics from its own model (a later dict's replacing an earlier's: an ensemble's), and
+    the overall score over all of them but ensemble members."""
     merged = {t: m for metrics in per_model for t, m in metrics.items() if t != "overall"}
-    specs = {t: cfg.task_spec(t) for t in merged}
-    return {**merged, "overall": overall_score(merged, specs)}
+    scored = {t: m for t, m in merged.items() if t not in cfg.ensemble_members}
+    return {**merged, "overall": overall_score(scored, {t: cfg.task_spec(t) for t in scored})}

@@ -6,12 +6,13 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from bertmt.config import ExperimentConfig, phase_configs, task_configs
 from bertmt.engine.build import load_trained
-from bertmt.evaluation.metrics import overall_score
+from bertmt.evaluation.metrics import overall_score, task_metrics
 from bertmt.evaluation.predict import (
     CS224N_FILES,
     evaluate_tasks,
@@ -48,6 +49,60 @@ def routes(cfg: ExperimentConfig, run: RunDir) -> list[tuple[ExperimentConfig, E
     return [(task_cfg, *final_run(task_cfg, run.task_model(model))) for model, task_cfg in task_configs(cfg)]
 
 
+def model_of_dataset(cfg: ExperimentConfig, run: RunDir, dataset: str) -> tuple[ExperimentConfig, RunDir]:
+    """The config and run of the model that trained ``dataset``."""
+    for tasks_cfg, model_cfg, model_run in routes(cfg, run):
+        if dataset in tasks_cfg.tasks:
+            return model_cfg, model_run
+    raise KeyError(dataset)
+
+
+def member_outputs(cfg: ExperimentConfig, run: RunDir, task: str, split: str, ids: list[str]) -> list:
+    """tasks.<task>.ensemble: each member's raw outputs on ``task``'s ``split`` file (whose records are
+    ``ids``), by the member's own model, head and encoding."""
+    from bertmt.evaluation.ensemble import as_member, check_same_records
+
+    resolved, outputs = cfg.resolved_tasks(), []
+    for member in cfg.tasks[task].ensemble:
+        model, tokenizer = _load(*model_of_dataset(cfg, run, member))
+        enc = cfg.data.loader(tokenizer).load(as_member(resolved[member], resolved[task]), split)
+        check_same_records(task, member, ids, enc.ids)
+        spec = cfg.task_spec(member)
+        outputs.append(predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False))
+        log.info("%s %s: scored by %s's model too (ensemble)", task, split, member)
+    return outputs
+
+
+def with_ensembles(
+    cfg: ExperimentConfig, run: RunDir, split: str, encoded: dict, outputs: dict
+) -> dict[str, np.ndarray]:
+    """``outputs`` (dataset -> raw outputs on its ``split`` file) with every ensemble's dataset's replaced by
+    the combination of its own and its members' (bertmt.evaluation.ensemble.combine)."""
+    from bertmt.evaluation.ensemble import combine
+
+    out = dict(outputs)
+    for task in outputs:
+        if cfg.tasks[task].ensemble:
+            members = member_outputs(cfg, run, task, split, encoded[task].ids)
+            out[task] = combine(cfg.task_spec(task), [outputs[task], *members])
+    return out
+
+
+def ensemble_dev_metrics(cfg: ExperimentConfig, run: RunDir) -> dict[str, dict]:
+    """The dev metrics of every dataset with an ensemble (and a dev file), its members' outputs joined."""
+    metrics = {}
+    for task, task_cfg in cfg.tasks.items():
+        if not (task_cfg.ensemble and task_cfg.dev):
+            continue
+        model, tokenizer = _load(*model_of_dataset(cfg, run, task))
+        enc = cfg.data.loader(tokenizer).load(cfg.resolved_tasks()[task], "dev")
+        spec = cfg.task_spec(task)
+        own = {task: predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False)}
+        joined = with_ensembles(cfg, run, "dev", {task: enc}, own)[task]
+        metrics[task] = task_metrics(spec, to_predictions(spec, joined), enc.labels)
+    return metrics
+
+
 def _load(cfg: ExperimentConfig, run: RunDir):
     for needed in (run.best_model, run.tokenizer, run.encoder_config):
         if not needed.is_file():
@@ -79,7 +134,13 @@ def evaluate_model(
         outputs |= part_outputs
         metrics |= {t: m for t, m in part_metrics.items() if t != "overall"}
     specs = {t: cfg.task_spec(t) for t in encoded}
-    metrics["overall"] = overall_score(metrics, specs)
+    outputs = with_ensembles(cfg, run, "dev", encoded, outputs)
+    for task in encoded:
+        if cfg.tasks[task].ensemble:
+            preds = to_predictions(specs[task], outputs[task])
+            metrics[task] = task_metrics(specs[task], preds, encoded[task].labels)
+    scored = {t: m for t, m in metrics.items() if t not in cfg.ensemble_members}
+    metrics["overall"] = overall_score(scored, specs)
     target = out or run.reports
     target.mkdir(parents=True, exist_ok=True)
     if out is not None:
@@ -123,9 +184,8 @@ def _predict_route(
         if enc is None:
             continue
         spec = resolved.spec
-        preds = to_predictions(
-            spec, predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False)
-        )
+        outputs = {task: predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False)}
+        preds = to_predictions(spec, with_ensembles(cfg, run, split, {task: enc}, outputs)[task])
         if fmt == "cs224n":
             path = write_cs224n_predictions(run.predictions / "cs224n", split, task, enc.ids, preds)
         else:

@@ -3,7 +3,8 @@ change what a step sees or how many trainings a run holds: POS/NER tag embedding
 a real spaCy pipeline; with symmetric pair tasks, whose pairs and tags are read in a random order), a
 task-adaptive MLM phase before a joint phase (masks seeded per row, every predicted token weighted by the
 global batch's count) and exclusive training (one model per task, one after another on the same process
-group, the first in two phases), on records whose passes end in odd-sized batches."""
+group, the first in two phases; Quora's outputs joined by another model's: an ensemble), on records whose
+passes end in odd-sized batches."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ TAPT = [
     {"name": "joint"},
 ]
 
+QUORA2 = {
+    "type": "quora",
+    "train": "quora-small-train.csv",
+    "dev": "quora-small-dev.csv",
+    "pair_encoding": "siamese",
+}
 EACH_PHASES = [
     {"name": "short", "models": ["sst"], "train": {"batches_per_epoch": 6}},
     {"name": "long", "models": ["sst"]},
@@ -54,8 +61,9 @@ def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[st
             "tasks.sts.symmetric": True,
         },
         "tapt": {"phases": TAPT},
-        # the first model (sst) in two phases, the next ones without
-        "each": {"train.exclusive": True, "phases": EACH_PHASES},
+        # the first model (sst) in two phases, the next ones without; Quora's outputs joined (rank 0, after
+        # training) by a siamese Quora model's
+        "each": {"train.exclusive": True, "phases": EACH_PHASES, "tasks.quora.ensemble": ["quora2"]},
     }
     for n in (1, 2):
         batch = GLOBAL_BATCH // n
@@ -73,6 +81,7 @@ def run(tiny_no_dropout, odd_data, tiny_spacy, tmp_path_factory) -> Callable[[st
                     **per_rank,
                     **{"train.mlm_batch_size": batch},
                     **extra,
+                    **({"tasks.quora2": QUORA2 | {"batch_size": batch}} if case == "each" else {}),
                 ),
             ]
             for case, extra in cases.items()
@@ -119,9 +128,11 @@ def test_an_mlm_phase_and_the_joint_phase_after_it_train_the_same_on_two_ranks(r
 
 def test_exclusive_training_trains_each_tasks_model_the_same_on_two_ranks(run):
     one, two = run("each", 1), run("each", 2)
-    for sub in ("sst/phases/1-short", "sst/phases/2-long", "quora", "sts"):
+    for sub in ("sst/phases/1-short", "sst/phases/2-long", "quora", "sts", "quora2"):
         task = sub.split("/")[0]
         _assert_same(two / "tasks" / sub, one / "tasks" / sub, {f"train/{task}/loss"})
     assert not (one / "tasks" / "quora" / "phases").exists()  # the phases name sst's model only
     m_one, m_two = (_flat(json.loads((d / "metrics.json").read_text())) for d in (one, two))
-    assert m_two == pytest.approx(m_one, rel=1e-5) and len(m_one) == 4  # three tasks' metrics and overall
+    assert m_two == pytest.approx(m_one, rel=1e-5) and len(m_one) == 5  # 3 tasks, the member, overall
+    alone = json.loads((one / "tasks" / "quora" / "metrics.json").read_text())["quora"]
+    assert m_one["quora.accuracy"] != alone["accuracy"]  # the ensemble's, not Quora's model's alone

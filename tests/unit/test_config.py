@@ -213,6 +213,56 @@ def test_bad_extra_dataset_pair_or_technique_settings_fail(override, message):
     assert message in str(err.value)
 
 
+ENSEMBLE = ["train.exclusive=true", "tasks.quora2={type: quora, train: q.csv, dev: q.csv}"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["tasks.quora.ensemble=[quora2]", "tasks.quora2={type: quora, train: q.csv}"],
+            "config key 'tasks.quora.ensemble': expected [] unless train.exclusive=true",
+        ),
+        (
+            [*ENSEMBLE, "tasks.quora.ensemble=[sts]"],
+            "config key 'tasks.quora.ensemble': expected datasets of type 'quora' (members score quora's "
+            "files with their heads; sts is of type 'sts'), got 'sts'",
+        ),
+        (
+            [*ENSEMBLE, "tasks.quora.ensemble=[quora3]"],
+            "config key 'tasks.quora.ensemble': expected other configured datasets, of ['quora2', 'sst', "
+            "'sts'], got 'quora3'",
+        ),
+        ([*ENSEMBLE, "tasks.quora.ensemble=[quora]"], "expected other configured datasets"),
+        ([*ENSEMBLE, "tasks.quora.ensemble=[quora2, quora2]"], "expected a list without repeats"),
+        (
+            [*ENSEMBLE, "tasks.quora.ensemble=[quora2]", "tasks.quora2.head=quora"],
+            "config key 'tasks.quora.ensemble': expected datasets with a head other than quora's",
+        ),
+        (
+            [*ENSEMBLE, "tasks.quora.ensemble=[quora2]", "tasks.quora2.ensemble=[quora]"],
+            "config key 'tasks.quora2.ensemble': expected [] for a member of quora's ensemble",
+        ),
+    ],
+)
+def test_bad_ensembles_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS[0].parent / "quickstart.yaml", override)
+    assert message in str(err.value)
+
+
+def test_an_ensembles_models_train_without_it_and_its_members_leave_the_overall_score():
+    cfg = load_config(
+        CONFIGS[0].parent / "quickstart.yaml",
+        [*ENSEMBLE, "tasks.quora.ensemble=[quora2]", "tasks.quora2.pair_encoding=siamese"],
+    )
+    assert cfg.ensemble_members == {"quora2"}
+    models = dict(task_configs(cfg))
+    assert list(models) == ["sst", "quora", "sts", "quora2"]
+    assert not any(t.ensemble for c in models.values() for t in c.tasks.values())
+    assert models["quora2"].pair_encoding("quora2") == "siamese"
+
+
 def test_extra_dataset_takes_its_type_format_and_can_share_a_head():
     cfg = load_config(
         CONFIGS[0].parent / "quickstart.yaml",
