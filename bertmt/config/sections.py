@@ -116,11 +116,11 @@ class TaskConfig:
     # record), and evaluation and prediction average the outputs of both orders (twice the forward passes)
     model: str | None = None  # train.exclusive: the model this dataset trains in; datasets naming the same
     # model train together, as one multitask model (default: its head's task's name, one model per head)
-    ensemble: list[str] = field(default_factory=list)  # train.exclusive: datasets of this one's type, each
-    # trained in another model, whose outputs join this dataset's: evaluation and prediction score this
-    # dataset's files with every member's model too and average them (classes: the probabilities; regression:
-    # the clipped values); a member keeps its own dev file (its model's best epoch) and its own metrics,
-    # outside the overall score
+    ensemble: list[str] = field(default_factory=list)  # train.exclusive: datasets of this one's type with
+    # heads of their own (usually each in a model of its own) whose outputs join this dataset's: evaluation
+    # and prediction score this dataset's files with every member's model too and average them (classes: the
+    # probabilities; regression: the clipped values); a member keeps its own dev file (its model's best
+    # epoch) and its own metrics, outside the overall score
 
 
 @dataclass
