@@ -169,8 +169,8 @@ def _train_locked(cfg: ExperimentConfig, run: RunDir, on_epoch=None) -> int:
         raise
     if is_main:
         predict_run(cfg, run, "test")  # dev predictions were written with the best model
-        if cfg.run.reports:
-            if not (cfg.phases or cfg.train.exclusive):  # those plot each of their runs
+        if cfg.run.reports and not cfg.train.exclusive:  # exclusive runs wrote theirs with their metrics
+            if not cfg.phases:  # phased runs plotted each phase
                 _plot(run)
             evaluate_run(cfg, run, reports=True)  # confusion matrices, ROC, STS scatter, worst errors
     return 0

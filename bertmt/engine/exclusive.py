@@ -6,7 +6,8 @@ model). A model's run with a metrics.json is finished and skipped, so an exclusi
 inside the model (and phase) it stopped in. The top-level directory gets the whole
 config, ``tasks.json`` (each model's best epoch and metrics) and ``metrics.json``: every task's metrics from
 its own model (a task with ``tasks.<t>.ensemble``: from its model and its members' together), and their
-overall score (members aside).
+overall score (members aside). Its reports (run.reports) come from the same pass over the dev files as the
+ensembles' metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bertmt.config import ExperimentConfig, task_configs
 from bertmt.engine.phases import run_phases, train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
-from bertmt.evaluation.runs import ensemble_dev_metrics, final_run
+from bertmt.evaluation.runs import evaluate_model, final_run
 from bertmt.files import atomic_write
 from bertmt.rundir import RunDir
 
@@ -59,8 +60,10 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
         )
     metrics = combined_metrics(cfg, [s["metrics"] for s in summaries])
     if dist_env.rank() == 0:
-        if cfg.ensemble_members:
-            metrics = combined_metrics(cfg, [metrics, ensemble_dev_metrics(cfg, run)])
+        if cfg.ensemble_members or cfg.run.reports:  # one pass over the dev files gives both
+            dev, _ = evaluate_model(cfg, run, reports=cfg.run.reports)
+            ensembles = {t: m for t, m in dev.items() if t != "overall" and cfg.tasks[t].ensemble}
+            metrics = combined_metrics(cfg, [metrics, ensembles])
         atomic_write(run.task_models_json, json.dumps(summaries, indent=2))
         atomic_write(run.metrics, json.dumps(metrics, indent=2))
     return metrics, summaries

@@ -88,21 +88,6 @@ def with_ensembles(
     return out
 
 
-def ensemble_dev_metrics(cfg: ExperimentConfig, run: RunDir) -> dict[str, dict]:
-    """The dev metrics of every dataset with an ensemble (and a dev file), its members' outputs joined."""
-    metrics = {}
-    for task, task_cfg in cfg.tasks.items():
-        if not (task_cfg.ensemble and task_cfg.dev):
-            continue
-        model, tokenizer = _load(*model_of_dataset(cfg, run, task))
-        enc = cfg.data.loader(tokenizer).load(cfg.resolved_tasks()[task], "dev")
-        spec = cfg.task_spec(task)
-        own = {task: predict(model, spec, enc, cfg.data.eval_batch_size, _device(), sharded=False)}
-        joined = with_ensembles(cfg, run, "dev", {task: enc}, own)[task]
-        metrics[task] = task_metrics(spec, to_predictions(spec, joined), enc.labels)
-    return metrics
-
-
 def _load(cfg: ExperimentConfig, run: RunDir):
     for needed in (run.best_model, run.tokenizer, run.encoder_config):
         if not needed.is_file():
