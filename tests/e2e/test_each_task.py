@@ -38,6 +38,11 @@ def test_each_task_has_its_own_model_and_the_top_level_combines_them(run):
     models = json.loads((run_dir / "tasks.json").read_text())
     assert [(m["model"], m["tasks"]) for m in models] == [(t, [t]) for t in TASKS]
     assert "every task's own model" in proc.stdout
+    # the reports come from the same pass over the dev files: each task's by its own model
+    reports = json.loads((run_dir / "reports" / "dev" / "summary.json").read_text())
+    assert reports.keys() == set(TASKS)
+    assert reports["sst"]["accuracy"] == pytest.approx(top["sst"]["accuracy"], abs=1e-6)
+    assert (run_dir / "reports" / "dev" / "sst_confusion.png").is_file()
 
 
 def test_a_tasks_model_is_the_run_of_that_task_alone(run, tiny_pretrained, small_data, tmp_path):
