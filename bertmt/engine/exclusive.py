@@ -20,7 +20,7 @@ from bertmt.config import ExperimentConfig, task_configs
 from bertmt.engine.phases import run_phases, train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
-from bertmt.evaluation.runs import evaluate_model, final_run
+from bertmt.evaluation.runs import final_run, score_dev, write_dev_reports
 from bertmt.files import atomic_write
 from bertmt.rundir import RunDir
 
@@ -60,12 +60,15 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
         )
     metrics = combined_metrics(cfg, [s["metrics"] for s in summaries])
     if dist_env.rank() == 0:
-        if cfg.ensemble_members or cfg.run.reports:  # one pass over the dev files gives both
-            dev, _ = evaluate_model(cfg, run, reports=cfg.run.reports)
-            ensembles = {t: m for t, m in dev.items() if t != "overall" and cfg.tasks[t].ensemble}
+        # one pass over the dev files gives the ensembles' metrics and the reports
+        dev = score_dev(cfg, run) if cfg.ensemble_members or cfg.run.reports else None
+        if dev is not None:
+            ensembles = {t: m for t, m in dev.metrics.items() if t != "overall" and cfg.tasks[t].ensemble}
             metrics = combined_metrics(cfg, [metrics, ensembles])
         atomic_write(run.task_models_json, json.dumps(summaries, indent=2))
         atomic_write(run.metrics, json.dumps(metrics, indent=2))
+        if cfg.run.reports:  # after metrics.json: a failed plot leaves the run finished
+            write_dev_reports(dev, run.reports)
     return metrics, summaries
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +97,20 @@ def _load(cfg: ExperimentConfig, run: RunDir):
     return load_trained(cfg, run.best_model, run.encoder_config).to(_device()), tokenizer
 
 
-def evaluate_model(
-    cfg: ExperimentConfig, run: RunDir, reports: bool = True, out: Path | None = None
-) -> tuple[dict, Path]:
-    """Dev metrics of the run's best model on the (possibly overridden) dev files. With ``out`` (what
-    `bertmt eval` passes: eval/<time>/), metrics.json and the reports go there; without, the reports go to
-    the run's reports/dev/ (after training). Returns the metrics and the directory written."""
-    from bertmt.evaluation.task_reports import write_task_report
+@dataclass
+class DevScores:
+    """One pass of a run's best model(s) over the dev files: every task's records, encoding, raw outputs
+    (an ensemble's dataset: its members' joined) and metrics (with the overall score, members aside)."""
 
+    data: dict
+    encoded: dict
+    outputs: dict
+    metrics: dict
+    specs: dict
+
+
+def score_dev(cfg: ExperimentConfig, run: RunDir) -> DevScores:
+    """The run's best model(s) on the (possibly overridden) dev files, each task by its own model."""
     data, encoded, metrics, outputs = {}, {}, {}, {}
     for tasks_cfg, model_cfg, model_run in routes(cfg, run):
         model, tokenizer = _load(model_cfg, model_run)
@@ -126,16 +133,37 @@ def evaluate_model(
             metrics[task] = task_metrics(specs[task], preds, encoded[task].labels)
     scored = {t: m for t, m in metrics.items() if t not in cfg.ensemble_members}
     metrics["overall"] = overall_score(scored, specs)
-    target = out or run.reports
+    return DevScores(data, encoded, outputs, metrics, specs)
+
+
+def write_dev_reports(scores: DevScores, target: Path) -> None:
+    """Every task's dev reports (confusion matrices, ROC, STS scatter, worst errors) and summary.json."""
+    from bertmt.evaluation.task_reports import write_task_report
+
     target.mkdir(parents=True, exist_ok=True)
+    summary = {
+        t: write_task_report(scores.specs[t], scores.data[t], scores.outputs[t], target, "dev")
+        for t in scores.encoded
+    }
+    atomic_write(target / "summary.json", json.dumps(summary, indent=2))
+    log.info("reports: %s", target)
+
+
+def evaluate_model(
+    cfg: ExperimentConfig, run: RunDir, reports: bool = True, out: Path | None = None
+) -> tuple[dict, Path]:
+    """Dev metrics of the run's best model on the (possibly overridden) dev files. With ``out`` (what
+    `bertmt eval` passes: eval/<time>/), metrics.json and the reports go there; without, the reports go to
+    the run's reports/dev/ (after training). Returns the metrics and the directory written."""
+    scores = score_dev(cfg, run)
+    target = out or run.reports
     if out is not None:
-        files = {t: str(cfg.task_path(t, "dev")) for t in encoded}
-        atomic_write(out / "metrics.json", json.dumps({"metrics": metrics, "files": files}, indent=2))
+        out.mkdir(parents=True, exist_ok=True)
+        files = {t: str(cfg.task_path(t, "dev")) for t in scores.encoded}
+        atomic_write(out / "metrics.json", json.dumps({"metrics": scores.metrics, "files": files}, indent=2))
     if reports:
-        summary = {t: write_task_report(specs[t], data[t], outputs[t], target, "dev") for t in encoded}
-        atomic_write(target / "summary.json", json.dumps(summary, indent=2))
-        log.info("reports: %s", target)
-    return metrics, target
+        write_dev_reports(scores, target)
+    return scores.metrics, target
 
 
 def predict_model(cfg: ExperimentConfig, run: RunDir, split: str, fmt: str = "bertmt") -> list[Path]:

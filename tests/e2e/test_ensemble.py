@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -31,9 +32,7 @@ MEMBERS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def run(tiny_pretrained, small_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ensemble") / "run"
+def train_args(tiny_pretrained, small_data, run_dir, **more) -> list[str]:
     extra = {
         "train.epochs": 1,
         "tasks.sst.model": "joint",
@@ -43,13 +42,15 @@ def run(tiny_pretrained, small_data, tmp_path_factory):
         "tasks.sts.pair_features": "cosine",
         "tasks.sts.ensemble": ["sts_cross"],
         **{f"tasks.{name}": member for name, member in MEMBERS.items()},
+        **more,
     }
-    bertmt(
-        "train",
-        str(QUICKSTART),
-        *tiny_overrides(tiny_pretrained, small_data, run_dir, **extra),
-        "--each-task",
-    )
+    return [*tiny_overrides(tiny_pretrained, small_data, run_dir, **extra), "--each-task"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_pretrained, small_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ensemble") / "run"
+    bertmt("train", str(QUICKSTART), *train_args(tiny_pretrained, small_data, run_dir))
     return run_dir
 
 
@@ -81,6 +82,19 @@ def test_the_runs_metrics_join_each_members_outputs(run):
     cfg = load_config(run / "config.yaml")
     scored = {t: top[t] for t in ("sst", "quora", "sts")}
     assert top["overall"] == pytest.approx(overall_score(scored, {t: cfg.task_spec(t) for t in scored}))
+    reports = json.loads((run / "reports" / "dev" / "summary.json").read_text())  # the same pass
+    assert reports["quora"]["accuracy"] == pytest.approx(top["quora"]["accuracy"], abs=1e-12)
+
+
+def test_without_reports_a_rerun_joins_the_members_again(run, tiny_pretrained, small_data, tmp_path):
+    """Started again with run.reports false, a finished run skips its models and only redoes its end: the same
+    metrics.json, and no reports."""
+    again = tmp_path / "run"
+    shutil.copytree(run, again, ignore=shutil.ignore_patterns("reports", "eval", "metrics.json"))
+    no_reports = {"run.reports": False}
+    bertmt("train", str(QUICKSTART), *train_args(tiny_pretrained, small_data, again, **no_reports))
+    assert json.loads((again / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+    assert not (again / "reports").exists()
 
 
 def test_eval_and_predict_score_with_the_whole_ensemble(run):
