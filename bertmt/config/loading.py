@@ -28,7 +28,8 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _build(inner[0], value, key)
     if origin is Literal:
-        check(value in args, key, f"one of {list(args)}", value)
+        # exact types: 1 is not true, nor 0 false
+        check(any(type(value) is type(a) and value == a for a in args), key, f"one of {list(args)}", value)
         return value
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, key)

@@ -111,9 +111,10 @@ class TaskConfig:
     # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
     pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
     # the cosine similarity with a learnable scale (regression: clipped to the label range), or both
-    symmetric: bool = False  # a cross-encoded pair task whose two sentences are unordered (paraphrase,
-    # similarity): each training pass reads every pair in a random order (seeded by run.seed, the pass and the
-    # record), and evaluation and prediction average the outputs of both orders (twice the forward passes)
+    symmetric: Literal[False, True, "eval"] = False  # a cross-encoded pair task whose two sentences are
+    # unordered (paraphrase, similarity). true: each training pass reads every pair in a random order
+    # (seeded by run.seed, the pass and the record), and evaluation and prediction average the outputs of
+    # both orders (twice the forward passes); eval: training reads the file's order, scoring both orders
     model: str | None = None  # train.exclusive: the model this dataset trains in; datasets naming the same
     # model train together, as one multitask model (default: its head's task's name, one model per head)
     ensemble: list[str] = field(default_factory=list)  # train.exclusive: datasets of this one's type with

@@ -62,7 +62,8 @@ class Encoded:
     second: Encoded | None = None  # siamese pairs: the second sentences (this one holds the first)
     chunking: Chunking | None = None  # long rows kept whole, split into segments by collate()
     tags: np.ndarray | None = None  # (total_tokens, K) int16: POS / NER tag of every piece (data.tags)
-    symmetric: bool = False  # cross-encoded pairs read in either order (tasks.<t>.symmetric); not cached
+    symmetric: bool = False  # cross-encoded pairs scored in both orders (tasks.<t>.symmetric); not cached
+    swap: bool = False  # and read in a random order by each training pass (symmetric: true); not cached
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,7 +159,7 @@ def encode(
         _log_chunking(data.task, enc, chunking)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        uncached = ("chunking", "symmetric")  # set by the caller, not by the file
+        uncached = ("chunking", "symmetric", "swap")  # set by the caller, not by the file
         state = {k: v for k, v in enc.__dict__.items() if k not in uncached}
         if enc.second is not None:
             state["second"] = {k: v for k, v in enc.second.__dict__.items() if k not in uncached}
@@ -316,9 +317,9 @@ class TaskSampler:
     """Training batches of one task: bucketed passes over the data, sliced for this rank.
 
     Batch number ``k`` of the whole run is fully determined by (seed, k): pass ``k // n`` is shuffled with its
-    own generator. The sampler's only state is how many batches were drawn, so resume is exact. A symmetric
-    pair task's pass also draws, with a generator of its own, the order each pair is read in during that pass
-    (half of them swapped on average), the same on every rank.
+    own generator. The sampler's only state is how many batches were drawn, so resume is exact. A pair
+    task trained in both orders (``enc.swap``) also draws, with a generator of its own, the order each pair
+    is read in during that pass (half of them swapped on average), the same on every rank.
     """
 
     def __init__(self, enc: Encoded, batch_size: int, pool: int, seed: int, rank: int = 0, world: int = 1):
@@ -336,7 +337,7 @@ class TaskSampler:
         if index != self._pass:
             rng = np.random.default_rng([self.seed, index])
             self._batches = bucketed_batches(self.enc.lengths, self.batch_size * self.world, self.pool, rng)
-            if self.enc.symmetric:  # a generator of its own: the batches are those of an ordered task
+            if self.enc.swap:  # a generator of its own: the batches are those of an ordered task
                 self._swap = np.random.default_rng([self.seed, index, 1]).random(len(self.enc)) < 0.5
             self._pass = index
         return self._batches

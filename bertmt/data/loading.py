@@ -43,7 +43,8 @@ class Loader:
         enc = encode(
             data, self.tokenizer, self.max_length, self.cache_dir, task.siamese, chunking, self.tagger
         )
-        enc.symmetric = task.symmetric
+        enc.symmetric = bool(task.symmetric)  # scored in both orders
+        enc.swap = task.symmetric is True  # and trained in both
         return enc
 
     def load(self, task: Task, split: str) -> Encoded | None:

@@ -34,7 +34,8 @@ class Task:
     spec: TaskSpec  # the registry format, under the dataset's own name
     files: dict[str, Path | None] = field(default_factory=dict)  # train / dev / test
     siamese: bool = False  # a pair task whose sentences go through the encoder one by one
-    symmetric: bool = False  # a cross-encoded pair task read in either order (tasks.<t>.symmetric)
+    symmetric: bool | str = False  # tasks.<t>.symmetric: true (trained and scored in both orders), "eval"
+    # (scored in both orders only) or false
 
     @property
     def name(self) -> str:

@@ -148,7 +148,7 @@ def test_a_symmetric_sampler_swaps_about_half_of_each_pass_the_same_on_every_ran
     """Which pairs a pass swaps depends on (seed, pass, record) only: the batches are those of the ordered
     task, each row is read as in the file or swapped, 1 rank and 2 ranks read every row the same way, and
     the next pass draws again."""
-    sym = dataclasses.replace(sts, symmetric=True)
+    sym = dataclasses.replace(sts, symmetric=True, swap=True)
     plain, single = TaskSampler(sts, 8, 50, seed=1), TaskSampler(sym, 8, 50, seed=1)
     ranks = [TaskSampler(sym, 4, 50, seed=1, rank=r, world=2) for r in range(2)]
     swapped_by_pass = []
@@ -207,9 +207,14 @@ def test_a_symmetric_task_is_scored_as_the_mean_of_both_orders():
 
 
 def test_a_symmetric_tasks_data_is_loaded_symmetric_from_the_file_and_from_the_cache(data_dir, tmp_path):
-    tasks = load_config(QUICKSTART, [f"data.dir={data_dir}", "tasks.quora.symmetric=true"]).resolved_tasks()
+    """symmetric: true scores and trains in both orders, eval scores in both only, false neither; the same
+    whether the tokens come from the file or from the cache."""
+    overrides = [f"data.dir={data_dir}", "tasks.quora.symmetric=true", "tasks.sts.symmetric=eval"]
+    tasks = load_config(QUICKSTART, overrides).resolved_tasks()
     loader = Loader(load_tokenizer("minilm"), 64, tmp_path)
     for _ in range(2):  # tokenised and cached, then read back from the cache
-        assert loader.load(tasks["quora"], "dev").symmetric
-        assert not loader.load(tasks["sts"], "dev").symmetric
-    assert len(list(tmp_path.glob("*.pt"))) == 2
+        quora, sts, sst = (loader.load(tasks[t], "dev") for t in ("quora", "sts", "sst"))
+        assert (quora.symmetric, quora.swap) == (True, True)
+        assert (sts.symmetric, sts.swap) == (True, False)
+        assert (sst.symmetric, sst.swap) == (False, False)
+    assert len(list(tmp_path.glob("*.pt"))) == 3

@@ -185,6 +185,11 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
             "config key 'tasks.sst.pair_encoding': expected cross for a single",
         ),
         (["tasks.sst.symmetric=true"], "config key 'tasks.sst.symmetric': expected false unless the task"),
+        (["tasks.sst.symmetric=eval"], "config key 'tasks.sst.symmetric': expected false unless the task"),
+        (
+            ["tasks.quora.symmetric=1"],
+            "config key 'tasks.quora.symmetric': expected one of [False, True, 'eval']",
+        ),
         (
             ["tasks.sts.pair_encoding=siamese", "tasks.sts.symmetric=true"],
             "config key 'tasks.sts.symmetric': expected false unless the task is a cross-encoded pair task",
