@@ -147,9 +147,11 @@ def test_a_swapped_pair_is_the_pair_tokenised_the_other_way_round(sts, data_dir)
 def test_a_symmetric_sampler_swaps_about_half_of_each_pass_the_same_on_every_rank(sts):
     """Which pairs a pass swaps depends on (seed, pass, record) only: the batches are those of the ordered
     task, each row is read as in the file or swapped, 1 rank and 2 ranks read every row the same way, and
-    the next pass draws again."""
+    the next pass draws again. A task scored in both orders but not trained in them (symmetric: eval) reads
+    the file's order."""
     sym = dataclasses.replace(sts, symmetric=True, swap=True)
     plain, single = TaskSampler(sts, 8, 50, seed=1), TaskSampler(sym, 8, 50, seed=1)
+    scored_only = TaskSampler(dataclasses.replace(sts, symmetric=True), 8, 50, seed=1)
     ranks = [TaskSampler(sym, 4, 50, seed=1, rank=r, world=2) for r in range(2)]
     swapped_by_pass = []
     for _ in range(2):
@@ -157,6 +159,7 @@ def test_a_symmetric_sampler_swaps_about_half_of_each_pass_the_same_on_every_ran
         for _ in range(len(single)):
             want, got, parts = plain.next(), single.next(), [s.next() for s in ranks]
             assert torch.equal(got["rows"], want["rows"])
+            assert torch.equal(scored_only.next()["input_ids"], want["input_ids"])
             assert torch.equal(torch.cat([q["rows"] for q in parts]), got["rows"])
             per_rank = [(q, k) for q in parts for k in range(len(q["rows"]))]
             for j, n in enumerate(got["attention_mask"].sum(1).tolist()):
