@@ -122,7 +122,11 @@ def _model_card(
     ]
     files = [
         f"- {t}: "
-        + ", ".join(f"{s} `{model_cfg.task_path(t, s)}`" for s in ("train", "dev", "test") if getattr(c, s))
+        + ", ".join(
+            f"{s} " + " + ".join(f"`{p}`" for p in model_cfg.task_paths(t, s))
+            for s in ("train", "dev", "test")
+            if getattr(c, s)
+        )
         for t, c in model_cfg.tasks.items()
     ]
     usage = (

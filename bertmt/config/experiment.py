@@ -141,6 +141,12 @@ class ExperimentConfig:
             task.weight,
         )
         check(task.sample_weight > 0, f"tasks.{name}.sample_weight", "a positive float", task.sample_weight)
+        check(
+            not isinstance(task.train, list) or 0 < len(task.train) == len(set(task.train)),
+            f"tasks.{name}.train",
+            "a file, or a non-empty list of distinct files",
+            task.train,
+        )
         kind = task.type or name
         check(
             kind in TASKS,
@@ -305,7 +311,7 @@ class ExperimentConfig:
         return {
             name: Task(
                 self.task_spec(name),
-                {split: self.task_path(name, split) for split in ("train", "dev", "test")},
+                {split: tuple(self.task_paths(name, split)) for split in ("train", "dev", "test")},
                 self.pair_encoding(name) == "siamese",
                 self.tasks[name].symmetric,
             )
@@ -313,9 +319,14 @@ class ExperimentConfig:
         }
 
     def task_path(self, task: str, split: str) -> Path | None:
-        """The file of a task's split, resolved against data.dir (None if the split is not configured)."""
-        name = getattr(self.tasks[task], split)
-        if name is None:
-            return None
-        path = Path(os.path.expandvars(os.path.expanduser(name)))
-        return path if path.is_absolute() else Path(self.data.dir) / path
+        """The file of a task's split, resolved against data.dir (None if the split is not configured; a
+        training set of several files: the first)."""
+        paths = self.task_paths(task, split)
+        return paths[0] if paths else None
+
+    def task_paths(self, task: str, split: str) -> list[Path]:
+        """The files of a task's split (tasks.<t>.train may list several), resolved against data.dir."""
+        names = getattr(self.tasks[task], split)
+        names = [] if names is None else [names] if isinstance(names, str) else names
+        paths = [Path(os.path.expandvars(os.path.expanduser(name))) for name in names]
+        return [path if path.is_absolute() else Path(self.data.dir) / path for path in paths]

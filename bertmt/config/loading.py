@@ -26,7 +26,8 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, key)
+        lists = [a for a in inner if typing.get_origin(a) is list]
+        return _build(lists[0] if lists and isinstance(value, list) else inner[0], value, key)
     if origin is Literal:
         # exact types: 1 is not true, nor 0 false
         check(any(type(value) is type(a) and value == a for a in args), key, f"one of {list(args)}", value)

@@ -96,7 +96,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    train: str | None = None  # training file (relative to data.dir unless absolute); None: not trained
+    train: str | list[str] | None = None  # training file (relative to data.dir unless absolute), or a list of
+    # files read as one training set in that order (e.g. quora-small-train.csv plus quora-train-first998.csv);
+    # None: not trained
     dev: str | None = None  # dev file, evaluated after every epoch
     test: str | None = None  # test file (no labels), used by `bertmt predict --split test`
     batch_size: int = 32  # training micro-batch size of this task, per rank

@@ -75,6 +75,26 @@ class Encoded:
         return own if self.second is None else own + self.second.lengths
 
 
+def concat_encoded(parts: list[Encoded]) -> Encoded:
+    """Several tokenised files of one dataset as one, rows in order (one part: itself). The caller sets
+    ``symmetric`` and ``swap``; chunking is the first part's (a loader gives every part the same)."""
+    if len(parts) == 1:
+        return parts[0]
+    tags = [p.tags for p in parts]
+    labels = [p.labels for p in parts]
+    sizes = np.cumsum([0] + [len(p.input_ids) for p in parts[:-1]])
+    return Encoded(
+        ids=[rid for p in parts for rid in p.ids],
+        input_ids=np.concatenate([p.input_ids for p in parts]),
+        token_types=np.concatenate([p.token_types for p in parts]),
+        offsets=np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, sizes)]),
+        labels=None if any(y is None for y in labels) else np.concatenate(labels),
+        second=None if parts[0].second is None else concat_encoded([p.second for p in parts]),
+        chunking=parts[0].chunking,
+        tags=None if any(t is None for t in tags) else np.concatenate(tags),
+    )
+
+
 def _cache_key(data: TaskData, tokenizer: Tokenizer, max_length: int, siamese: bool, chunking, tagger) -> str:
     stat = os.stat(data.path)
     h = hashlib.sha256()

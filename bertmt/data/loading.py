@@ -7,8 +7,15 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bertmt.data.batching import Chunking, Encoded, encode
-from bertmt.data.readers import DataError, TaskData, check_task_file, read_task_file
+from bertmt.data.batching import Chunking, Encoded, concat_encoded, encode
+from bertmt.data.readers import (
+    DataError,
+    TaskData,
+    check_distinct_ids,
+    check_task_file,
+    concat_task_data,
+    read_task_file,
+)
 from bertmt.data.tasks import Task
 
 SPLITS = ("train", "dev", "test")
@@ -31,12 +38,16 @@ class Loader:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.cache_dir, self.strict, self.chunking, self.tagger = cache_dir, strict, chunking, tagger
 
+    def read_files(self, task: Task, split: str) -> list[TaskData]:
+        """The valid records of each of ``task``'s ``split`` files (none when the split is not configured)."""
+        labelled = split != "test"
+        return [read_task_file(p, task.spec, labelled, strict=self.strict) for p in task.paths(split)]
+
     def read(self, task: Task, split: str) -> TaskData | None:
-        """The valid records of ``task``'s ``split`` file, or None when no such file is configured."""
-        path = task.file(split)
-        if path is None:
-            return None
-        return read_task_file(path, task.spec, labelled=split != "test", strict=self.strict)
+        """The valid records of ``task``'s ``split`` (its files one after the other), or None when no such
+        file is configured."""
+        parts = self.read_files(task, split)
+        return concat_task_data(parts) if parts else None
 
     def encode(self, task: Task, data: TaskData) -> Encoded:
         chunking = None if task.spec.is_pair else self.chunking
@@ -48,9 +59,16 @@ class Loader:
         return enc
 
     def load(self, task: Task, split: str) -> Encoded | None:
-        """The tokenised records of ``task``'s ``split`` file, or None when no such file is configured."""
-        data = self.read(task, split)
-        return None if data is None else self.encode(task, data)
+        """The tokenised records of ``task``'s ``split`` (several files: each tokenised and cached on its own,
+        then concatenated in order), or None when no such file is configured."""
+        datas = self.read_files(task, split)
+        if not datas:
+            return None
+        check_distinct_ids(datas)
+        parts = [self.encode(task, data) for data in datas]
+        enc = concat_encoded(parts)
+        enc.symmetric, enc.swap = parts[0].symmetric, parts[0].swap
+        return enc
 
 
 def check_files(tasks: Iterable[Task], data_dir: str, strict: bool = False) -> None:
@@ -58,10 +76,11 @@ def check_files(tasks: Iterable[Task], data_dir: str, strict: bool = False) -> N
     lacks a column or holds no record; with ``strict``, also on its first malformed record."""
     tasks = list(tasks)
     missing = [
-        f"tasks.{task.name}.{split}: {path}"
+        f"tasks.{task.name}.{split}{f'[{i}]' if len(task.paths(split)) > 1 else ''}: {path}"
         for task in tasks
         for split in SPLITS
-        if (path := task.file(split)) is not None and not path.is_file()
+        for i, path in enumerate(task.paths(split))
+        if not path.is_file()
     ]
     if missing:
         raise DataError(
@@ -69,7 +88,7 @@ def check_files(tasks: Iterable[Task], data_dir: str, strict: bool = False) -> N
         )
     for task in tasks:
         for split in SPLITS:
-            if (path := task.file(split)) is not None:
+            for path in task.paths(split):
                 if strict:  # every record, which includes the file checks
                     read_task_file(path, task.spec, labelled=split != "test", strict=True)
                 else:

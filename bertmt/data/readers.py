@@ -50,6 +50,34 @@ class TaskData:
         return len(self.ids)
 
 
+def check_distinct_ids(parts: list[TaskData]) -> None:
+    """Raise DataError when a record id is in two of the files of one training set."""
+    first: dict[str, str] = {}
+    for part in parts:
+        for rid in part.ids:
+            if first.setdefault(rid, part.path) != part.path:
+                raise DataError(
+                    f"tasks.{part.task}: id {rid!r} is in both {first[rid]} and {part.path}; the files of "
+                    "one training set must hold distinct records"
+                )
+
+
+def concat_task_data(parts: list[TaskData]) -> TaskData:
+    """The records of several files of one task, in order (one file: itself)."""
+    if len(parts) == 1:
+        return parts[0]
+    check_distinct_ids(parts)
+    labelled = all(p.labels is not None for p in parts)
+    return TaskData(
+        parts[0].task,
+        " + ".join(p.path for p in parts),
+        [rid for p in parts for rid in p.ids],
+        [t for p in parts for t in p.texts],
+        [y for p in parts for y in p.labels] if labelled else None,
+        [bad for p in parts for bad in p.skipped],
+    )
+
+
 def _parse_label(raw: str | None, spec: TaskSpec) -> float:
     """Return the label as a number or raise ValueError with the reason."""
     if raw is None or not raw.strip():

@@ -29,10 +29,11 @@ class TaskSpec:
 @dataclass(frozen=True)
 class Task:
     """One configured dataset as data/ needs it (``ExperimentConfig.resolved_tasks()``): its format, its files
-    (resolved against data.dir; None: split not configured) and how pairs are encoded."""
+    (resolved against data.dir; none: split not configured; a training set may be several files) and how
+    pairs are encoded."""
 
     spec: TaskSpec  # the registry format, under the dataset's own name
-    files: dict[str, Path | None] = field(default_factory=dict)  # train / dev / test
+    files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # train / dev / test -> files
     siamese: bool = False  # a pair task whose sentences go through the encoder one by one
     symmetric: bool | str = False  # tasks.<t>.symmetric: true (trained and scored in both orders), "eval"
     # (scored in both orders only) or false
@@ -41,8 +42,9 @@ class Task:
     def name(self) -> str:
         return self.spec.name
 
-    def file(self, split: str) -> Path | None:
-        return self.files.get(split)
+    def paths(self, split: str) -> tuple[Path, ...]:
+        """The files of ``split``, in the order they are read (empty if it is not configured)."""
+        return tuple(self.files.get(split) or ())
 
 
 TASKS: dict[str, TaskSpec] = {

@@ -97,6 +97,7 @@ def test_gradvac_matches_the_vector_algorithm_over_steps(case, beta, steps):
     np.testing.assert_allclose(method.target.numpy(), target, atol=1e-9)
 
 
+@settings(deadline=None)  # timing is not what it checks: a loaded machine misses 200 ms
 @given(task_grads())
 def test_none_is_the_sum(case):
     grads, _ = case
@@ -123,6 +124,7 @@ def test_reduction_sum_is_plain_accumulation_and_mean_weighs_each_present_task_o
     assert task_scales([2, 2], 4, "mean").tolist() == task_scales([2, 2], 4, "sum").tolist() == [1.0, 1.0]
 
 
+@settings(deadline=None)  # timing is not what it checks: a loaded machine misses 200 ms
 @given(task_grads())
 def test_a_method_on_scaled_rows_is_the_method_on_the_scaled_gradients(case):
     """``combine`` = running the method on the rows D G directly (checked with the naive PCGrad)."""
