@@ -16,7 +16,7 @@ import json
 import logging
 
 from bertmt import dist_env
-from bertmt.config import ExperimentConfig, task_configs
+from bertmt.config import ExperimentConfig, save_config, task_configs
 from bertmt.engine.phases import run_phases, train_in_turn
 from bertmt.engine.runtime import setup_logging
 from bertmt.evaluation.metrics import overall_score
@@ -35,6 +35,9 @@ def run_each_task(cfg: ExperimentConfig, on_task_end=None) -> tuple[dict, list[d
     run = RunDir(cfg.run.dir)
     setup_logging(None, dist_env.rank())
     configs = task_configs(cfg)
+    if dist_env.rank() == 0:  # also when every model finished before (copied in): eval reads it
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
     summaries = []
     for i, (model, task_cfg) in enumerate(configs):
         task_run, tasks = RunDir(task_cfg.run.dir), list(task_cfg.tasks)

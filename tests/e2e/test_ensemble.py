@@ -88,13 +88,17 @@ def test_the_runs_metrics_join_each_members_outputs(run):
 
 def test_without_reports_a_rerun_joins_the_members_again(run, tiny_pretrained, small_data, tmp_path):
     """Started again with run.reports false, a finished run skips its models and only redoes its end: the same
-    metrics.json, and no reports."""
+    metrics.json, no reports, and the run's config saved (models copied into a new run: nothing trains)."""
     again = tmp_path / "run"
-    shutil.copytree(run, again, ignore=shutil.ignore_patterns("reports", "eval", "metrics.json"))
+    shutil.copytree(run, again, ignore=shutil.ignore_patterns("reports", "eval"))
+    (again / "metrics.json").unlink()
+    (again / "config.yaml").unlink()
     no_reports = {"run.reports": False}
-    bertmt("train", str(QUICKSTART), *train_args(tiny_pretrained, small_data, again, **no_reports))
+    out = bertmt("train", str(QUICKSTART), *train_args(tiny_pretrained, small_data, again, **no_reports))
+    assert out.stderr.count("finished before: skipped") == len(list((run / "tasks").iterdir())) >= 2
     assert json.loads((again / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
     assert not (again / "reports").exists()
+    assert load_config(again / "config.yaml").run.reports is False
 
 
 def test_eval_and_predict_score_with_the_whole_ensemble(run):
