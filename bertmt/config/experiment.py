@@ -226,6 +226,8 @@ class ExperimentConfig:
         )
         if task.ensemble:
             self._check_ensemble(name, task)
+        if task.cross_features == "segments":
+            self._check_segment_features(name, task)
         if self.pair_encoding(name) == "siamese":
             check(
                 task.pair_features == "concat" or spec.output_size <= 2,
@@ -233,6 +235,29 @@ class ExperimentConfig:
                 "concat for a task with more than 2 outputs",
                 task.pair_features,
             )
+
+    def _check_segment_features(self, name: str, task: TaskConfig) -> None:
+        key = f"tasks.{name}.cross_features"
+        check(
+            task.head is None,
+            key,
+            f"pooled on a dataset sharing the head of {task.head} (set it on {task.head})",
+            task.cross_features,
+        )
+        check(
+            self.pair_encoding(name) == "cross",
+            key,
+            "pooled unless the task is a cross-encoded pair task (segments pools each sentence's tokens of "
+            "one [CLS] a [SEP] b [SEP] sequence)",
+            task.cross_features,
+        )
+        check(
+            self.head_arch(name) == "mlp" and self.model.pooling in ("mean", "max", "attention"),
+            key,
+            "pooled unless the head is an mlp over mean, max or attention pooling (the segments are pooled "
+            f"like the pair; head_arch {self.head_arch(name)!r}, model.pooling {self.model.pooling!r})",
+            task.cross_features,
+        )
 
     def _check_ensemble(self, name: str, task: TaskConfig) -> None:
         key, kind = f"tasks.{name}.ensemble", task.type or name

@@ -113,6 +113,9 @@ class TaskConfig:
     # cross: one "[CLS] a [SEP] b [SEP]" sequence; siamese: each sentence alone through the encoder
     pair_features: Literal["concat", "cosine", "both"] = "concat"  # siamese head input: [u, v, |u-v|, u*v],
     # the cosine similarity with a learnable scale (regression: clipped to the label range), or both
+    cross_features: Literal["pooled", "segments"] = "pooled"  # cross-encoded pair head input: the pooled
+    # pair, or (segments) [p, a, b, |a-b|, a*b] where a and b pool the tokens of each sentence's segment
+    # (token types 0 and 1) of the same cross-encoded states: explicit comparison at no extra encoder cost
     symmetric: Literal[False, True, "eval"] = False  # a cross-encoded pair task whose two sentences are
     # unordered (paraphrase, similarity). true: each training pass reads every pair in a random order
     # (seeded by run.seed, the pass and the record), and evaluation and prediction average the outputs of

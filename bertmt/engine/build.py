@@ -32,6 +32,7 @@ def head_specs(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
         out[name] = HeadSpec(
             out_size=spec.output_size,
             pair_features=cfg.tasks[name].pair_features if siamese else None,
+            segment_features=cfg.tasks[name].cross_features == "segments",
             output_bias=sum(spec.label_range) / 2 if spec.label_range else 0.0,  # regression: mid-range
             label_range=spec.label_range,
             arch=cfg.head_arch(name),

@@ -134,7 +134,9 @@ def reader(arch: HeadArch, pooling: Pooling, width: int, lstm_size: int, kernels
 class TaskHead(nn.Module):
     """Reader (pooling, or a BiLSTM / CNN over the tokens) + MLP. A siamese pair head sees
     ``[u, v, |u - v|, u * v]`` (``concat``), the scaled cosine
-    (``cosine``: one regression value, or the logit of class 1 of a binary task), or both."""
+    (``cosine``: one regression value, or the logit of class 1 of a binary task), or both. A cross-encoded
+    pair head with ``segment_features`` sees ``[p, a, b, |a - b|, a * b]``: the pooled pair and each
+    sentence's tokens of it pooled alike."""
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class TaskHead(nn.Module):
         cnn_kernels: tuple[int, ...] = (2, 3, 4),
         cnn_channels: int = 64,
         segment_pooling: str | None = None,
+        segment_features: bool = False,
     ) -> None:
         super().__init__()
         self.pool = reader(arch, pooling, width, lstm_size, list(cnn_kernels), cnn_channels)
@@ -158,14 +161,22 @@ class TaskHead(nn.Module):
         if segment_pooling is not None:  # long inputs arrive as segments (data.long_inputs=chunk)
             self.segments = SegmentPooler(segment_pooling, width)
         self.pair_features, self.out_size = pair_features, out_size
+        self.segment_features = segment_features  # cross-encoded pair: forward(p, a, b), its two sentences
         if pair_features in ("cosine", "both"):
             self.cosine = ScaledCosine(label_range if out_size == 1 and pair_features == "cosine" else None)
         if pair_features != "cosine":
             in_size = {None: width, "concat": 4 * width, "both": 4 * width + 1}[pair_features]
+            in_size += 4 * width if segment_features else 0
             self.mlp = mlp(in_size, out_size, hidden, dropout, output_bias)
 
-    def forward(self, u: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        """u: (B, H) pooled sentence (or pair); v: (B, H) second sentence of a siamese pair -> (B, out)."""
+    def forward(
+        self, u: torch.Tensor, v: torch.Tensor | None = None, b: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """u: (B, H) pooled sentence (or pair); v: (B, H) second sentence of a siamese pair -> (B, out).
+        With ``segment_features``: u the pooled cross-encoded pair, v and b its two sentences' tokens
+        pooled."""
+        if self.segment_features:
+            return self.mlp(torch.cat([u, v, b, (v - b).abs(), v * b], -1))
         if self.pair_features is None:
             return self.mlp(u)
         if self.pair_features == "cosine":

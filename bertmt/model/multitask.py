@@ -29,6 +29,7 @@ class HeadSpec:
     cnn_kernels: tuple[int, ...] = (2, 3, 4)  # cnn: window widths
     cnn_channels: int = 64  # cnn: filters per width
     segment_pooling: str | None = None  # long inputs split into segments: how their vectors are pooled
+    segment_features: bool = False  # cross-encoded pair: [p, a, b, |a-b|, a*b], a and b its two sentences
 
 
 @dataclass
@@ -86,6 +87,7 @@ class MultitaskModel(nn.Module):
                     h.cnn_kernels,
                     h.cnn_channels,
                     h.segment_pooling,
+                    h.segment_features,
                 )
                 for name, h in heads.items()
             }
@@ -172,6 +174,10 @@ class MultitaskModel(nn.Module):
             pooled = head.pool(out, attention_mask)
             if segment_of is not None:
                 pooled = head.segments(pooled, segment_of, int(segment_of.max()) + 1)
+            if head.segment_features:  # each sentence's tokens of the cross-encoded pair, pooled alike
+                first = attention_mask * (token_type_ids == 0)
+                a, b = head.pool(out, first), head.pool(out, attention_mask - first)
+                return head(pooled, a, b)
             return head(pooled)
         # siamese: both sentences through the encoder in one batch of 2B rows padded to a common width
         width = max(input_ids.size(1), input_ids_b.size(1))

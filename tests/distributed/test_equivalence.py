@@ -26,14 +26,16 @@ MICRO_BATCHES = 18  # 6 per task: every task wraps its 4-batch pass
 GLOBAL_BATCH = 16
 
 
-# model and schedule options (``method@<name>``): heads over the token states, max pooling, experts (shared
-# layers that surgery projects, per-task gates) and the plateau schedule (2 epochs: one judgement); LSTM
-# heads at ZeRO 0, 1 and 3 (refused at 2: test_deepspeed_gradient_order.py); the sign-based and normalised
-# optimisers (Lion, AdaFactor) have a test of their own below
+# model and schedule options (``method@<name>``): heads over the token states, max pooling, STS's segment
+# features (its two sentences' tokens pooled apart), experts (shared layers that surgery projects, per-task
+# gates) and the plateau schedule (2 epochs: one judgement); LSTM heads at ZeRO 0, 1 and 3 (refused at 2:
+# test_deepspeed_gradient_order.py); the sign-based and normalised optimisers (Lion, AdaFactor) have a test of
+# their own below
 HEADS = {
     "model.pooling": "max",
     "tasks.quora.head_arch": "cnn",
     "model.cnn_channels": 6,
+    "tasks.sts.cross_features": "segments",
     "model.experts": {"count": 2, "layers": 1},
     "optim.schedule": "plateau",
     "train.epochs": 2,

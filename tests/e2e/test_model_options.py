@@ -1,6 +1,6 @@
-"""Tiny end-to-end runs of the heads over the token states, max pooling, combined experts, the drop-in
-optimisers, the plateau schedule and symmetric pair tasks (pairs read in a random order each pass); a run
-killed (SIGKILL) after a plateau reduction resumes exactly."""
+"""Tiny end-to-end runs of the heads over the token states, max pooling, segment features of a cross-encoded
+pair, combined experts, the drop-in optimisers, the plateau schedule and symmetric pair tasks (pairs read in a
+random order each pass); a run killed (SIGKILL) after a plateau reduction resumes exactly."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ OPTIONS = {
     "model.lstm_size": 8,
     "model.cnn_kernels": [2, 3],
     "model.cnn_channels": 6,
+    "tasks.sts.cross_features": "segments",
     "model.experts": {"count": 2, "layers": 1},
     "tasks.quora.symmetric": True,
     "tasks.sts.symmetric": True,
@@ -47,7 +48,7 @@ def test_heads_experts_and_pooling_are_trained(uninterrupted, tiny_pretrained):
     assert weights["heads.sst.mlp.1.weight"].shape[1] == 16  # reads 2 x 8 units, max-pooled
     assert [weights[f"heads.quora.pool.convs.{i}.weight"].shape for i in (0, 1)] == [(6, 32, 2), (6, 32, 3)]
     assert weights["heads.quora.mlp.1.weight"].shape[1] == 12
-    assert weights["heads.sts.mlp.1.weight"].shape[1] == 32  # the default head: an MLP on the pooled vector
+    assert weights["heads.sts.mlp.1.weight"].shape[1] == 5 * 32  # [p, a, b, |a-b|, a*b] (segment features)
     pretrained = load_file(str(tiny_pretrained / "model.safetensors"))
     top = "encoder.layer.1.output.dense.weight"
     expert0, expert1 = weights[f"encoder.{top}"], weights[f"experts.copies.0.0.{top.split('.', 3)[3]}"]

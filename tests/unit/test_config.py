@@ -194,6 +194,28 @@ def test_bad_phase_fails_naming_the_phase_and_key(override, message):
             ["tasks.sts.pair_encoding=siamese", "tasks.sts.symmetric=true"],
             "config key 'tasks.sts.symmetric': expected false unless the task is a cross-encoded pair task",
         ),
+        (
+            ["tasks.sst.cross_features=segments"],
+            "config key 'tasks.sst.cross_features': expected pooled unless the task is a cross-encoded pair",
+        ),
+        (
+            ["tasks.sts.pair_encoding=siamese", "tasks.sts.cross_features=segments"],
+            "config key 'tasks.sts.cross_features': expected pooled unless the task is a cross-encoded pair",
+        ),
+        (
+            ["tasks.quora.cross_features=segments", "tasks.quora.head_arch=cnn"],
+            "config key 'tasks.quora.cross_features': expected pooled unless the head is an mlp over mean, "
+            "max or attention pooling (the segments are pooled like the pair; head_arch 'cnn', "
+            "model.pooling 'mean')",
+        ),
+        (
+            ["tasks.quora.cross_features=segments", "model.pooling=cls"],
+            "head_arch 'mlp', model.pooling 'cls'",
+        ),
+        (
+            ["tasks.more={type: quora, head: quora, cross_features: segments}"],
+            "config key 'tasks.more.cross_features': expected pooled on a dataset sharing the head of quora",
+        ),
         (["tasks.sst.sample_weight=2"], "config key 'schedule.kind': expected a sampling schedule"),
         (["tasks.sst.batch_size=0"], "config key 'tasks.sst.batch_size': expected an integer >= 1"),
         (

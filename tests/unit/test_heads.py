@@ -1,4 +1,5 @@
-"""Pooling and pair heads: attention pooling, siamese encoding, [u, v, |u-v|, u*v] and scaled-cosine heads."""
+"""Pooling and pair heads: attention pooling, siamese encoding, [u, v, |u-v|, u*v] and scaled-cosine heads,
+segment features of cross-encoded pairs."""
 
 from __future__ import annotations
 
@@ -76,3 +77,35 @@ def test_both_features_feed_the_scaled_cosine_to_the_mlp():
     u, v = torch.randn(3, 4), torch.randn(3, 4)
     feats = torch.cat([u, v, (u - v).abs(), u * v, F.cosine_similarity(u, v)[:, None]], -1)  # unclipped
     torch.testing.assert_close(head(u, v), head.mlp(feats))
+
+
+def test_segment_features_pool_each_sentence_of_the_cross_encoded_pair():
+    """[p, a, b, |a - b|, a * b]: p the pooled pair, a and b its token-type-0 and token-type-1 tokens pooled
+    alike, each checked row by row against the real tokens of that row (padding has type 0, not counted)."""
+    for pooling in ("mean", "max", "attention"):
+        model = tiny_model(heads={"quora": HeadSpec(2, segment_features=True)}, pooling=pooling)
+        head = model.heads["quora"]
+        if pooling == "attention":
+            torch.nn.init.normal_(head.pool.query)
+        ids, mask, types = batch(seed=3, rows=4, width=11)
+        assert (mask == 0).any() and ((types == 1) & (mask == 1)).any()  # padded rows, two segments each
+        out = model("quora", ids, mask, types)
+        h = model.encoder(ids, mask, types)
+        features = []
+        for row in range(ids.size(0)):
+            real = mask[row] == 1
+            parts = [real, real & (types[row] == 0), real & (types[row] == 1)]
+            p, a, b = (_pool_alone(head, h.last_hidden_state[row, keep], pooling) for keep in parts)
+            features.append(torch.cat([p, a, b, (a - b).abs(), a * b]))
+        torch.testing.assert_close(out, head.mlp(torch.stack(features)), rtol=1e-5, atol=1e-5)
+        assert head.mlp[1].in_features == 5 * 32
+
+
+def _pool_alone(head, states: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The pooled vector of one sequence's own tokens (L, H), with no mask: the direct reference."""
+    if pooling == "mean":
+        return states.mean(0)
+    if pooling == "max":
+        return states.amax(0)
+    weights = ((states @ head.pool.key.weight.T) @ head.pool.query / states.size(-1) ** 0.5).softmax(0)
+    return (weights[:, None] * states).sum(0)
