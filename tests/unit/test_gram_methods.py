@@ -8,7 +8,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from bertmt.mtl import make_method
 from bertmt.mtl.gram import combine, gram_matrix, gram_stats, task_scales
@@ -38,7 +38,7 @@ def naive_gradvac(grads: np.ndarray, orders, target: np.ndarray, beta: float) ->
                 continue
             phi = float(np.clip(g @ grads[j] / (ni * nj), -1, 1))
             t = target[i, j]
-            if phi < t < 1:
+            if phi < t < 1 - 1e-8:  # a target within 1e-8 of 1: parallel, no adjustment (rounding decides it)
                 g = (
                     g
                     + ni
@@ -86,6 +86,11 @@ def test_pcgrad_matches_the_vector_algorithm(case):
 
 @settings(max_examples=200, deadline=None)
 @given(task_grads(), st.floats(0.01, 1.0), st.integers(1, 4))
+@example(  # parallel gradients, targets driven to within 1e-16 of 1: the two paths once rounded apart here
+    (np.outer([1.0, 3.0], [0.345584192064786, 0.8216181435011584, 0.33043707618338714]), [[1], [0]]),
+    1 - 1e-16,
+    2,
+)
 def test_gradvac_matches_the_vector_algorithm_over_steps(case, beta, steps):
     grads, orders = case
     method = make_method("gradvac", len(grads), beta=beta)
@@ -95,6 +100,20 @@ def test_gradvac_matches_the_vector_algorithm_over_steps(case, beta, steps):
         w = method.weights(torch.from_numpy(g @ g.T), orders=orders).numpy()
         _close(w @ g, naive_gradvac(g, orders, target, beta))
     np.testing.assert_allclose(method.target.numpy(), target, atol=1e-9)
+
+
+@pytest.mark.parametrize("gap", [1e-9, 1e-6])
+def test_gradvac_leaves_a_target_within_1e_8_of_one_alone(gap):
+    """A target that near 1 (EMA of nearly parallel gradients) is parallel: no adjustment, where the formula
+    would add ~1e4 times g_j through sqrt(1 - t^2); a target 1e-6 from 1 still gets the paper's adjustment."""
+    grads = np.array([[1.0, 0.0, 0.0], [0.5, 0.8, 0.1]])  # cosine 0.53 < target
+    method = make_method("gradvac", 2, beta=0.01)
+    method.target.fill_(1 - gap)
+    target = np.full((2, 2), 1 - gap)
+    w = method.weights(torch.from_numpy(grads @ grads.T), orders=[[1], [0]]).numpy()
+    want = naive_gradvac(grads, [[1], [0]], target, 0.01)
+    _close(w @ grads, want)
+    assert np.allclose(want, grads.sum(0)) == (gap < 1e-8)
 
 
 @settings(deadline=None)  # timing is not what it checks: a loaded machine misses 200 ms

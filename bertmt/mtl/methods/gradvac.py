@@ -10,6 +10,10 @@ import torch
 from bertmt.mtl.method import register
 from bertmt.mtl.methods._ordered import OrderedProjection
 
+# A target cosine this close to 1 asks for parallel gradients, which the formula below cannot give: it divides
+# by sqrt(1 - target**2), and float64 rounding of phi and target then decides the adjustment. No adjustment.
+PARALLEL = 1e-8
+
 
 @register("gradvac")
 class GradVac(OrderedProjection):
@@ -30,7 +34,7 @@ class GradVac(OrderedProjection):
                 phi = float((c[i] @ gram[:, j]) / math.sqrt(norm_i2 * norm_j2))
                 phi = max(-1.0, min(1.0, phi))
                 target = float(self.target[i, j])
-                if phi < target < 1:
+                if phi < target < 1 - PARALLEL:
                     c[i, j] += (
                         math.sqrt(norm_i2)
                         * (target * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - target**2))
