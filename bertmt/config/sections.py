@@ -230,6 +230,8 @@ class OptimConfig:
     sophia_period: int = 10  # sophia: optimiser steps per Hessian estimate (one more forward and a double
     # backward per micro-batch of the estimating step)
     sophia_clip: float = 0.01  # sophia: largest |momentum / Hessian estimate| applied, per coordinate
+    layer_decay: float = 1.0  # layer-wise lr decay: encoder layer i of L at lr x layer_decay ** (L - i),
+    # the embeddings at lr x layer_decay ** (L + 1); heads, PALs, gates at lr (1: off; engine/optim.py)
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a finite positive float", self.lr)
@@ -245,6 +247,7 @@ class OptimConfig:
         check(self.plateau_patience >= 0, "optim.plateau_patience", "an integer >= 0", self.plateau_patience)
         check(self.sophia_period >= 1, "optim.sophia_period", "an integer >= 1", self.sophia_period)
         check(self.sophia_clip > 0, "optim.sophia_clip", "a float > 0", self.sophia_clip)
+        check(0 < self.layer_decay <= 1, "optim.layer_decay", "a float in (0, 1]", self.layer_decay)
 
 
 @dataclass

@@ -11,21 +11,50 @@ from torch import nn
 from bertmt.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float = 1.0, layer_decay: float = 1.0
+) -> list[dict]:
     """No weight decay on biases and LayerNorm weights (any 1-D parameter). The shared parameters
     (``model.shared_parameters()``, the encoder) are in groups of their own, marked ``shared``, so that ZeRO
     partitions them apart from the heads and PALs (gradient surgery captures their partition alone); plain
-    training uses the same groups, so that both issue the same collectives. Empty groups are left out."""
+    training uses the same groups, so that both issue the same collectives. Each group's ``lr`` is ``lr``
+    times its parameters' ``layer_scales`` (layer-wise decay; all 1 unless ``layer_decay < 1``). Empty groups
+    are left out."""
     shared = {id(p) for p in model.shared_parameters()}
-    groups: dict[tuple[bool, bool], list] = {(s, d): [] for s in (True, False) for d in (True, False)}
-    for p in model.parameters():
+    scales = layer_scales(model, layer_decay)
+    groups: dict[tuple[bool, bool, float], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            groups[(id(p) in shared, p.ndim >= 2)].append(p)
+            groups.setdefault((id(p) in shared, p.ndim >= 2, scales.get(name, 1.0)), []).append(p)
+    # shared first, then decayed, then from the top layer down (without layer decay: the four groups)
+    order = sorted(groups, key=lambda k: (not k[0], not k[1], -k[2]))
     return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "shared": is_shared}
-        for (is_shared, decay), params in groups.items()
-        if params
+        {"params": groups[k], "weight_decay": weight_decay if k[1] else 0.0, "shared": k[0], "lr": lr * k[2]}
+        for k in order
     ]
+
+
+def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay (ELECTRA, BEiT; Sun et al. 2019, "How to fine-tune BERT"): the
+    multiplier of each pretrained encoder parameter's learning rate, by name. With ``L`` layers, layer ``i``
+    (0-based; an expert's copy of it too) gets ``decay ** (L - i)``, the embeddings ``decay ** (L + 1)``;
+    everything else (pooler, heads, PALs, gates, tag embeddings: the parameters without a pretrained
+    depth) keeps the full rate and is absent here. Empty when ``decay == 1``."""
+    if decay == 1.0:
+        return {}
+    encoder = model.encoder
+    depth = len(encoder.encoder.layer)
+    first = model.experts.first if getattr(model, "experts", None) is not None else depth
+    scales = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if name.startswith("encoder.embeddings."):
+            scales[name] = decay ** (depth + 1)
+        elif name.startswith("encoder.encoder.layer."):
+            scales[name] = decay ** (depth - int(parts[3]))
+        elif name.startswith("experts.copies."):  # experts.copies.<expert>.<j>: a copy of layer first + j
+            scales[name] = decay ** (depth - first - int(parts[3]))
+    return scales
 
 
 def shared_group_indices(optimizer) -> list[int]:
@@ -108,7 +137,7 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, Plateau]:
     """The optimiser, its per-step schedule and the plateau multiplier that schedule reads (1 unless
     ``optim.schedule=plateau``, where the trainer replays it after every epoch's evaluation)."""
-    opt = make_optimizer(param_groups(model, cfg.weight_decay), cfg)
+    opt = make_optimizer(param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay), cfg)
     warmup = int(cfg.warmup_ratio * total_steps)
     plateau = Plateau(cfg.plateau_factor, cfg.plateau_patience)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -28,7 +28,8 @@ GLOBAL_BATCH = 16
 
 # model and schedule options (``method@<name>``): heads over the token states, max pooling, STS's segment
 # features (its two sentences' tokens pooled apart), experts (shared layers that surgery projects, per-task
-# gates) and the plateau schedule (2 epochs: one judgement); LSTM heads at ZeRO 0, 1 and 3 (refused at 2:
+# gates), the plateau schedule (2 epochs: one judgement) and layer-wise lr decay (every shared layer in a
+# parameter group of its own, the experts' copies too); LSTM heads at ZeRO 0, 1 and 3 (refused at 2:
 # test_deepspeed_gradient_order.py); the sign-based and normalised optimisers (Lion, AdaFactor) have a test of
 # their own below
 HEADS = {
@@ -38,6 +39,7 @@ HEADS = {
     "tasks.sts.cross_features": "segments",
     "model.experts": {"count": 2, "layers": 1},
     "optim.schedule": "plateau",
+    "optim.layer_decay": 0.5,
     "train.epochs": 2,
 }
 OPTIONS = {

@@ -89,3 +89,63 @@ def test_adafactor_is_refused_with_zero_partitions():
     with pytest.raises(ConfigError, match="train.zero_stage.*adafactor"):
         load_config(QUICKSTART, ["optim.name=adafactor", "train.zero_stage=2"])
     load_config(QUICKSTART, ["optim.name=lion", "train.zero_stage=2"])
+
+
+def test_layer_decay_gives_each_pretrained_layer_its_rate_and_the_new_parameters_the_full_one():
+    """optim.layer_decay on the real MiniLM (6 layers) with PALs and 2 experts over the top 2 layers: every
+    parameter's group lr against the rule written out by hand. An expert's copy of a layer is found by value
+    (it starts equal to the layer it copies), not by name, and must learn at that layer's rate."""
+    from bertmt.engine.build import build_model
+
+    overrides = ["model.experts={count: 2, layers: 2}", "model.pals.enabled=true", "optim.layer_decay=0.8"]
+    cfg = load_config(QUICKSTART, overrides)
+    model = build_model(cfg)
+    opt, sched, _ = build_optimizer(model, cfg.optim, total_steps=100)
+    lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the schedule
+    named = dict(model.named_parameters())
+    assert len(lr_of) == len(named)  # every trainable parameter in exactly one group
+    lr = cfg.optim.lr
+    want = {}
+    for name in named:
+        if name.startswith("encoder.embeddings."):
+            want[name] = lr * 0.8**7
+        elif name.startswith("encoder.encoder.layer."):
+            want[name] = lr * 0.8 ** (6 - int(name.split(".")[3]))
+    pretrained_layers = {n: p for n, p in named.items() if n.startswith("encoder.encoder.layer.")}
+    copies = [n for n in named if n.startswith("experts.copies.")]
+    assert len(copies) == len([n for n in pretrained_layers if int(n.split(".")[3]) >= 4])
+    for name in copies:
+        suffix = name.split(".", 4)[4]
+        source = [
+            n for n, p in pretrained_layers.items() if n.endswith(suffix) and torch.equal(p, named[name])
+        ]
+        assert len(source) == 1, name
+        want[name] = want[source[0]]
+    assert any(n.startswith("pals.") for n in named) and any(n.startswith("heads.") for n in named)
+    for name, p in named.items():
+        assert lr_of[id(p)] == pytest.approx(want.get(name, lr), rel=1e-12), name
+    # the schedule scales every group alike: after warm-up the ratios stay
+    for _ in range(50):
+        opt.step(), sched.step()
+    ratio = {round(g["lr"] / base, 12) for g, base in zip(opt.param_groups, sched.base_lrs)}
+    assert len(ratio) == 1 and 0 < ratio.pop() < 1
+
+
+def test_without_layer_decay_the_groups_are_the_four_of_plain_training():
+    from bertmt.engine.build import build_model
+
+    cfg = load_config(QUICKSTART)
+    opt, _, _ = build_optimizer(build_model(cfg), cfg.optim, total_steps=10)
+    assert [(g["shared"], g["weight_decay"] > 0) for g in opt.param_groups] == [
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert {g["initial_lr"] for g in opt.param_groups} == {cfg.optim.lr}
+
+
+def test_layer_decay_outside_its_range_names_the_key():
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=r"optim.layer_decay.*\(0, 1\]"):
+            load_config(QUICKSTART, [f"optim.layer_decay={bad}"])
