@@ -11,9 +11,7 @@ from torch import nn
 from bertmt.config import OptimConfig
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float, lr: float = 1.0, layer_decay: float = 1.0
-) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float, layer_decay: float = 1.0) -> list[dict]:
     """No weight decay on biases and LayerNorm weights (any 1-D parameter). The shared parameters
     (``model.shared_parameters()``, the encoder) are in groups of their own, marked ``shared``, so that ZeRO
     partitions them apart from the heads and PALs (gradient surgery captures their partition alone); plain
@@ -42,8 +40,7 @@ def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
     depth) keeps the full rate and is absent here. Empty when ``decay == 1``."""
     if decay == 1.0:
         return {}
-    encoder = model.encoder
-    depth = len(encoder.encoder.layer)
+    depth = len(model.encoder.encoder.layer)
     first = model.experts.first if getattr(model, "experts", None) is not None else depth
     scales = {}
     for name, _ in model.named_parameters():
