@@ -444,15 +444,16 @@ def test_every_config_key_is_listed_with_type_default_and_doc(capsys):
     assert out.startswith("train.zero_stage  0 | 1 | 2 | 3  (default 0)\n") and "DeepSpeed ZeRO stage" in out
 
 
-def test_the_siamese_probe_is_the_recipe_s_member_alone():
-    """configs/probe-quora-siamese.yaml stands for cpu-recipe.yaml's quora_siamese model in docs/results.md:
-    the same exclusive sub-config but for its run directory."""
+@pytest.mark.parametrize("probe, model", [("probe-quora-siamese", "quora_siamese"), ("probe-sst-cnn", "sst_cnn")])
+def test_a_member_probe_is_the_recipe_s_member_alone(probe, model):
+    """configs/probe-*.yaml stand for cpu-recipe.yaml's ensemble members in docs/results.md: the same
+    exclusive sub-config but for its run directory."""
     configs = CONFIGS[0].parent
 
     def member(path: Path) -> dict:
-        sub = dict(task_configs(load_config(path, ["run.seed=2"])))["quora_siamese"]
+        sub = dict(task_configs(load_config(path, ["run.seed=2"])))[model]
         tree = dataclasses.asdict(sub)
         tree["run"].pop("dir")
         return tree
 
-    assert member(configs / "probe-quora-siamese.yaml") == member(configs / "cpu-recipe.yaml")
+    assert member(configs / f"{probe}.yaml") == member(configs / "cpu-recipe.yaml")
