@@ -444,7 +444,9 @@ def test_every_config_key_is_listed_with_type_default_and_doc(capsys):
     assert out.startswith("train.zero_stage  0 | 1 | 2 | 3  (default 0)\n") and "DeepSpeed ZeRO stage" in out
 
 
-@pytest.mark.parametrize("probe, model", [("probe-quora-siamese", "quora_siamese"), ("probe-sst-cnn", "sst_cnn")])
+@pytest.mark.parametrize(
+    "probe, model", [("probe-quora-siamese", "quora_siamese"), ("probe-sst-cnn", "sst_cnn")]
+)
 def test_a_member_probe_is_the_recipe_s_member_alone(probe, model):
     """configs/probe-*.yaml stand for cpu-recipe.yaml's ensemble members in docs/results.md: the same
     exclusive sub-config but for its run directory."""
@@ -457,3 +459,32 @@ def test_a_member_probe_is_the_recipe_s_member_alone(probe, model):
         return tree
 
     assert member(configs / f"{probe}.yaml") == member(configs / "cpu-recipe.yaml")
+
+
+def test_the_llrd_revision_is_the_recipe_with_the_decay_where_it_says():
+    """configs/cpu-recipe-llrd.yaml is cpu-recipe.yaml but for layer-wise decay at lr 1.5e-4 in the joint
+    model's joint phase and the quora_siamese member; its member trains as its probe does with those two
+    overrides (docs/results.md compares them)."""
+    configs = CONFIGS[0].parent
+    decay = {"lr": 1.5e-4, "layer_decay": 0.85}
+
+    def trained(path: Path, overrides=()) -> dict:
+        """{(model, phase): the config that trains it, without its run directory}."""
+        out = {}
+        for model, sub in task_configs(load_config(path, ["run.seed=2", *overrides])):
+            for phase, cfg in phase_configs(sub) or [(None, sub)]:
+                tree = dataclasses.asdict(cfg)
+                tree["run"].pop("dir")
+                out[model, phase] = tree
+        return out
+
+    recipe, llrd = trained(configs / "cpu-recipe.yaml"), trained(configs / "cpu-recipe-llrd.yaml")
+    changed = {("joint", "joint"), ("quora_siamese", "llrd")}
+    assert set(llrd) == set(recipe) - {("quora_siamese", None)} | {("quora_siamese", "llrd")}
+    for key in set(llrd) - changed:
+        assert llrd[key] == recipe[key], key
+    expected = recipe["joint", "joint"]
+    expected["optim"] |= decay
+    assert llrd["joint", "joint"] == expected
+    probe = trained(configs / "probe-quora-siamese.yaml", [f"optim.{k}={v}" for k, v in decay.items()])
+    assert llrd["quora_siamese", "llrd"] == probe["quora_siamese", None]
