@@ -444,6 +444,18 @@ def test_every_config_key_is_listed_with_type_default_and_doc(capsys):
     assert out.startswith("train.zero_stage  0 | 1 | 2 | 3  (default 0)\n") and "DeepSpeed ZeRO stage" in out
 
 
+def _trained_configs(path: Path, overrides=()) -> dict:
+    """{(model, phase or None): the config that trains it, without its run directory} of an exclusive run
+    (seed 2, as the recipe's docs)."""
+    out = {}
+    for model, sub in task_configs(load_config(path, ["run.seed=2", *overrides])):
+        for phase, cfg in phase_configs(sub) or [(None, sub)]:
+            tree = dataclasses.asdict(cfg)
+            tree["run"].pop("dir")
+            out[model, phase] = tree
+    return out
+
+
 @pytest.mark.parametrize(
     "probe, model", [("probe-quora-siamese", "quora_siamese"), ("probe-sst-cnn", "sst_cnn")]
 )
@@ -451,14 +463,8 @@ def test_a_member_probe_is_the_recipe_s_member_alone(probe, model):
     """configs/probe-*.yaml stand for cpu-recipe.yaml's ensemble members in docs/results.md: the same
     exclusive sub-config but for its run directory."""
     configs = CONFIGS[0].parent
-
-    def member(path: Path) -> dict:
-        sub = dict(task_configs(load_config(path, ["run.seed=2"])))[model]
-        tree = dataclasses.asdict(sub)
-        tree["run"].pop("dir")
-        return tree
-
-    assert member(configs / f"{probe}.yaml") == member(configs / "cpu-recipe.yaml")
+    recipe = _trained_configs(configs / "cpu-recipe.yaml")
+    assert _trained_configs(configs / f"{probe}.yaml")[model, None] == recipe[model, None]
 
 
 def test_the_llrd_revision_is_the_recipe_with_the_decay_where_it_says():
@@ -467,18 +473,8 @@ def test_the_llrd_revision_is_the_recipe_with_the_decay_where_it_says():
     overrides (docs/results.md compares them)."""
     configs = CONFIGS[0].parent
     decay = {"lr": 1.5e-4, "layer_decay": 0.85}
-
-    def trained(path: Path, overrides=()) -> dict:
-        """{(model, phase): the config that trains it, without its run directory}."""
-        out = {}
-        for model, sub in task_configs(load_config(path, ["run.seed=2", *overrides])):
-            for phase, cfg in phase_configs(sub) or [(None, sub)]:
-                tree = dataclasses.asdict(cfg)
-                tree["run"].pop("dir")
-                out[model, phase] = tree
-        return out
-
-    recipe, llrd = trained(configs / "cpu-recipe.yaml"), trained(configs / "cpu-recipe-llrd.yaml")
+    recipe = _trained_configs(configs / "cpu-recipe.yaml")
+    llrd = _trained_configs(configs / "cpu-recipe-llrd.yaml")
     changed = {("joint", "joint"), ("quora_siamese", "llrd")}
     assert set(llrd) == set(recipe) - {("quora_siamese", None)} | {("quora_siamese", "llrd")}
     for key in set(llrd) - changed:
@@ -486,5 +482,6 @@ def test_the_llrd_revision_is_the_recipe_with_the_decay_where_it_says():
     expected = recipe["joint", "joint"]
     expected["optim"] |= decay
     assert llrd["joint", "joint"] == expected
-    probe = trained(configs / "probe-quora-siamese.yaml", [f"optim.{k}={v}" for k, v in decay.items()])
+    overrides = [f"optim.{k}={v}" for k, v in decay.items()]
+    probe = _trained_configs(configs / "probe-quora-siamese.yaml", overrides)
     assert llrd["quora_siamese", "llrd"] == probe["quora_siamese", None]
